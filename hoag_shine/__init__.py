@@ -1,0 +1,33 @@
+"""hoag_shine: gradient-based hyperparameter optimization (HOAG, SHINE, OPA).
+
+The functional core:
+
+- :func:`hypergradient` solves the inner problem and returns the hypergradient of a held-out
+  criterion with respect to ``log_alpha`` by one of :data:`METHODS`;
+- :func:`solve_bilevel` runs the outer optimization (HOAG, gradient descent or Adam);
+- :func:`check_hypergradient` compares a hypergradient with finite differences.
+"""
+
+from .hypergradients import (
+    METHODS,
+    HypergradientResult,
+    check_hypergradient,
+    finite_difference_hypergradient,
+    hypergradient,
+)
+from .outer import OPTIMIZERS, BilevelResult, ToleranceSchedule, solve_bilevel
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "METHODS",
+    "OPTIMIZERS",
+    "BilevelResult",
+    "HypergradientResult",
+    "ToleranceSchedule",
+    "__version__",
+    "check_hypergradient",
+    "finite_difference_hypergradient",
+    "hypergradient",
+    "solve_bilevel",
+]

@@ -1,0 +1,356 @@
+"""Hypergradients of a held-out criterion with respect to ``log_alpha``.
+
+By the implicit function theorem, with ``w*`` the inner solution and ``H`` the inner Hessian,
+
+    d outer / d log_alpha = - (d^2 r / d log_alpha d w)^T q,    q = H^{-1} grad_w outer(w*).
+
+The strategies differ in how they obtain ``q`` (the adjoint):
+
+``"cg"``
+    conjugate gradient on Hessian-vector products (HOAG), warm-started from ``q0``.
+``"shine"``
+    ``q = H_qN v`` with the inverse estimate the inner L-BFGS built anyway: no extra product.
+``"shine-opa"``
+    SHINE with outer-problem awareness: the inner solve adds secant pairs along ``H_k v``, so
+    the estimate is accurate in the direction that matters (a few extra gradients).
+``"shine-refine"``
+    SHINE's ``q`` as the starting point of a few CG iterations.
+``"jacobian-free"``
+    ``q = v`` (``H^{-1} ~ I``): a cheap baseline.
+
+The SHINE variants are checked by a safeguard (one Hessian-vector product): when ``q`` is not
+finite, has non-positive curvature or ``v^T q <= 0``, or its relative residual
+``||H q - v|| / ||v||`` exceeds ``safeguard_threshold``, a CG solve replaces it and
+``info["backward"]`` says so.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+from ._array import all_finite, dot, norm
+from .solvers import LBFGS, LBFGSMemory, LBFGSState, conjugate_gradient
+
+__all__ = [
+    "METHODS",
+    "HypergradientResult",
+    "check_hypergradient",
+    "finite_difference_hypergradient",
+    "hypergradient",
+]
+
+#: Names accepted by ``method``.
+METHODS = ("cg", "shine", "shine-opa", "shine-refine", "jacobian-free")
+
+_SHINE_METHODS = ("shine", "shine-opa", "shine-refine")
+
+
+@dataclass
+class HypergradientResult:
+    """Result of :func:`hypergradient`.
+
+    Attributes
+    ----------
+    value : float
+        Outer criterion at the inner solution.
+    grad : ndarray
+        ``d outer / d log_alpha``, of the shape of ``log_alpha``.
+    coef : ndarray
+        Inner solution ``w*(log_alpha)``.
+    q : ndarray
+        The adjoint ``~ H^{-1} grad_w outer`` that was used (a warm start for the next CG).
+    inner_state : LBFGSState
+        The inner solver's state, with its memory (a warm start for the next solve).
+    info : dict
+        Diagnostics: ``method``, ``backward`` (what produced ``q``, fallbacks included),
+        ``inner_iter``, ``inner_converged``, ``n_fun_evals``, ``n_opa_evals``, ``n_hvp``,
+        ``cg_iter``, ``adjoint_residual`` (relative, when computed), ``time_inner``,
+        ``time_backward`` (seconds).
+    """
+
+    value: float
+    grad: np.ndarray
+    coef: np.ndarray
+    q: np.ndarray
+    inner_state: LBFGSState = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _CountingOperator:
+    """Hessian-vector products, built lazily and counted."""
+
+    def __init__(self, factory: Callable[[], Callable[[Any], Any]]):
+        self._factory = factory
+        self._matvec = None
+        self.count = 0
+
+    def __call__(self, v):
+        if self._matvec is None:
+            self._matvec = self._factory()
+        self.count += 1
+        return self._matvec(v)
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"Unknown hypergradient method {method!r}; choose one of {METHODS}.")
+    return method
+
+
+def default_solver(method: str) -> LBFGS:
+    """The inner L-BFGS used by :func:`hypergradient` for ``method`` when none is given.
+
+    OPA gets a larger memory (its extra pairs would otherwise push out the solver's own) and an
+    extra pair every 3 iterations plus two at the solution.
+    """
+    if method == "shine-opa":
+        return LBFGS(memory_size=30, opa_freq=3, opa_final=2)
+    return LBFGS(memory_size=10)
+
+
+def hypergradient(
+    inner,
+    outer,
+    log_alpha,
+    *,
+    method: str = "shine-opa",
+    tol: float = 1e-6,
+    coef0=None,
+    memory: LBFGSMemory | None = None,
+    q0=None,
+    solver: LBFGS | None = None,
+    cg_tol: float | None = None,
+    cg_max_iter: int | None = None,
+    refine_iter: int = 5,
+    safeguard: bool = True,
+    safeguard_threshold: float = 1.0,
+) -> HypergradientResult:
+    """Solve the inner problem and return the hypergradient of the outer criterion.
+
+    Parameters
+    ----------
+    inner : problem
+        Inner problem, e.g. :class:`~hoag_shine.problems.LogisticRegressionProblem`.
+    outer : criterion
+        Outer criterion, e.g. :class:`~hoag_shine.criteria.HeldOutLogLoss`.
+    log_alpha : float or ndarray
+        Log of the penalty (scalar, or one per feature for a per-feature problem).
+    method : {"cg", "shine", "shine-opa", "shine-refine", "jacobian-free"}
+        How the adjoint ``q = H^{-1} grad_w outer`` is obtained (see the module docstring).
+    tol : float
+        Inner tolerance, relative to the problem's gradient scale: L-BFGS stops when
+        ``||grad_w r|| <= tol * ||grad_w r(0)||``.
+    coef0 : ndarray, optional
+        Warm start of the inner solution (not modified).
+    memory : LBFGSMemory, optional
+        Warm start of the L-BFGS memory (copied, not modified).
+    q0 : ndarray, optional
+        Warm start of the CG adjoint solve.
+    solver : LBFGS, optional
+        Inner solver configuration; its ``tol`` is replaced as described above. Defaults to
+        :func:`default_solver` of ``method``.
+    cg_tol : float, optional
+        Relative residual tolerance of CG (``cg``, ``shine-refine`` and the safeguard's
+        fallback); defaults to ``tol``.
+    cg_max_iter : int, optional
+        Maximum CG iterations; defaults to the number of coefficients.
+    refine_iter : int
+        CG iterations of ``shine-refine``.
+    safeguard : bool
+        Check SHINE's adjoint and fall back to CG when it is unusable.
+    safeguard_threshold : float
+        Largest accepted relative residual ``||H q - v|| / ||v||`` of SHINE's adjoint.
+
+    Returns
+    -------
+    HypergradientResult
+
+    Warns
+    -----
+    ConvergenceWarning
+        When the inner solver stops before reaching its tolerance; the best iterate is used.
+    """
+    method = _check_method(method)
+    la = inner.check_log_alpha(log_alpha)
+    if not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a positive number, got {tol!r}.")
+    base = solver if solver is not None else default_solver(method)
+    solver = replace(
+        base,
+        tol=tol * inner.gradient_scale,
+        opa_freq=base.opa_freq if method == "shine-opa" else None,
+    )
+    coef0 = inner.init_coef() if coef0 is None else np.array(coef0, dtype=np.float64)
+
+    start = time.perf_counter()
+    state = solver.run(
+        lambda w: inner.value_and_grad(w, la),
+        coef0,
+        memory=memory,
+        opa_direction=outer.grad if method == "shine-opa" else None,
+    )
+    if not state.converged:
+        warnings.warn(
+            f"Inner solver stopped before convergence ({state.message}; gradient norm "
+            f"{state.grad_norm:.3g} > {solver.tol:.3g} after {state.n_iter} iterations). "
+            "The hypergradient uses the last iterate; raise max_iter or loosen tol.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    w = state.x
+    time_inner = time.perf_counter() - start
+
+    start = time.perf_counter()
+    value, v = outer.value_and_grad(w)
+    hessian = _CountingOperator(lambda: inner.hessian_operator(w, la))
+    cg_tol = tol if cg_tol is None else cg_tol
+    info: dict[str, Any] = {"method": method, "backward": method, "cg_iter": 0}
+
+    def run_cg(start_point, max_iter):
+        result = conjugate_gradient(hessian, v, start_point, rtol=cg_tol, max_iter=max_iter)
+        info["cg_iter"] += result.n_iter
+        info["adjoint_residual"] = result.residual_norm / max(norm(v), np.finfo(float).tiny)
+        return result.x
+
+    if method == "cg":
+        q = run_cg(q0, cg_max_iter)
+    elif method == "jacobian-free":
+        q = v.copy()
+    else:
+        q = state.inverse_hessian.matvec(v)
+        if method == "shine-refine":
+            q = run_cg(q, refine_iter)
+        if safeguard and not _adjoint_is_usable(q, v, hessian, safeguard_threshold, info):
+            info["backward"] = f"{method}+fallback-cg"
+            q = run_cg(q0, cg_max_iter)
+
+    grad = -np.asarray(inner.cross_vjp(w, la, q)).reshape(np.shape(log_alpha))
+    info.update(
+        inner_iter=state.n_iter,
+        inner_converged=state.converged,
+        n_fun_evals=state.n_fun_evals,
+        n_opa_evals=state.n_opa_evals,
+        n_hvp=hessian.count,
+        time_inner=time_inner,
+        time_backward=time.perf_counter() - start,
+    )
+    return HypergradientResult(value=value, grad=grad, coef=w, q=q, inner_state=state, info=info)
+
+
+def _adjoint_is_usable(q, v, hessian, threshold: float, info: dict) -> bool:
+    """The safeguard's test of an approximate adjoint ``q ~ H^{-1} v`` (one HVP)."""
+    if not all_finite(q) or dot(q, v) <= 0:
+        return False
+    hq = hessian(q)
+    curvature = dot(q, hq)
+    residual = norm(hq - v) / max(norm(v), np.finfo(float).tiny)
+    info["adjoint_residual"] = residual
+    return math.isfinite(curvature) and curvature > 0 and residual <= threshold
+
+
+def finite_difference_hypergradient(
+    inner,
+    outer,
+    log_alpha,
+    *,
+    step: float = 1e-4,
+    tol: float = 1e-12,
+    direction=None,
+) -> np.ndarray | float:
+    """Central finite differences of the outer criterion at the inner solution.
+
+    Parameters
+    ----------
+    inner, outer, log_alpha
+        As in :func:`hypergradient`.
+    step : float
+        Finite-difference step in ``log_alpha``.
+    tol : float
+        Relative inner tolerance of each solve (tight, so the difference is not noise).
+    direction : ndarray, optional
+        When given, return the directional derivative along it (two solves) instead of the
+        full gradient (two solves per coordinate).
+
+    Returns
+    -------
+    ndarray or float
+        The gradient, of the shape of ``log_alpha``, or the directional derivative.
+    """
+    la = inner.check_log_alpha(log_alpha)
+    center = hypergradient(inner, outer, la, method="jacobian-free", tol=tol)
+
+    def outer_value(point):
+        res = hypergradient(inner, outer, point, method="jacobian-free", tol=tol, coef0=center.coef)
+        return res.value
+
+    if direction is not None:
+        d = np.asarray(direction, dtype=np.float64).reshape(la.shape)
+        return (outer_value(la + step * d) - outer_value(la - step * d)) / (2 * step)
+    flat = la.reshape(-1)
+    grad = np.empty(flat.shape)
+    for j in range(flat.size):
+        e = np.zeros_like(flat)
+        e[j] = step
+        grad[j] = (
+            outer_value((flat + e).reshape(la.shape)) - outer_value((flat - e).reshape(la.shape))
+        ) / (2 * step)
+    return grad.reshape(np.shape(log_alpha))
+
+
+def check_hypergradient(
+    inner,
+    outer,
+    log_alpha,
+    *,
+    method: str = "cg",
+    tol: float = 1e-10,
+    step: float = 1e-4,
+    direction=None,
+    **kwargs,
+) -> dict[str, Any]:
+    """Compare a hypergradient with central finite differences.
+
+    Parameters
+    ----------
+    inner, outer, log_alpha, method, tol
+        As in :func:`hypergradient`.
+    step : float
+        Finite-difference step.
+    direction : ndarray, optional
+        Compare directional derivatives along ``direction`` (cheap for many hyperparameters).
+    **kwargs
+        Passed to :func:`hypergradient`.
+
+    Returns
+    -------
+    dict
+        ``grad`` and ``finite_difference`` (full or directional), ``relative_error``
+        (``||grad - fd|| / ||fd||``) and ``cosine`` (for full gradients).
+    """
+    result = hypergradient(inner, outer, log_alpha, method=method, tol=tol, **kwargs)
+    fd = finite_difference_hypergradient(
+        inner, outer, log_alpha, step=step, tol=min(tol, 1e-12), direction=direction
+    )
+    grad = result.grad
+    if direction is not None:
+        grad = float(np.sum(grad * np.asarray(direction).reshape(np.shape(grad))))
+    g, f = np.atleast_1d(grad), np.atleast_1d(fd)
+    denom = max(np.linalg.norm(f), np.finfo(float).tiny)
+    report = {
+        "grad": grad,
+        "finite_difference": fd,
+        "relative_error": float(np.linalg.norm(g - f) / denom),
+    }
+    if direction is None:
+        report["cosine"] = float(
+            np.dot(g, f) / max(np.linalg.norm(g) * np.linalg.norm(f), np.finfo(float).tiny)
+        )
+    return report

@@ -1,0 +1,389 @@
+"""Outer optimization of ``log_alpha``: HOAG, gradient descent and Adam.
+
+:func:`solve_bilevel` minimizes the mean of the outer criteria over one or several (inner,
+outer) pairs (the folds of a cross-validation), with hypergradients from
+:func:`~hoag_shine.hypergradient`. The inner tolerance follows a decreasing schedule
+(:class:`ToleranceSchedule`), and the inner solution, the adjoint and optionally the L-BFGS
+memory are warm-started from one outer iteration to the next.
+
+HOAG's step is ``1/L`` with ``L`` adapted (Pedregosa, 2016): a step that decreases the outer loss
+at least as much as the quadratic model ``f - step/2 ||g||^2`` predicts is accepted and the step
+grows; a step that raises the loss by more than ``reject_increase`` (20%) is rejected, the step is
+halved and so is the tolerance; a step that raises the loss by less than that is accepted (the
+loss is only known to the inner tolerance) but halves the step, which stops the oscillation the
+published rule allows; any other step is accepted as it is. Unlike the published code,
+each accepted step is applied once, and the test compares the candidate with the current point
+(not with a lagged one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from .hypergradients import HypergradientResult, _check_method, hypergradient
+
+__all__ = ["OPTIMIZERS", "BilevelResult", "ToleranceSchedule", "solve_bilevel"]
+
+logger = logging.getLogger("hoag_shine")
+
+#: Names accepted by ``optimizer``.
+OPTIMIZERS = ("hoag", "gd", "adam")
+
+
+@dataclass
+class ToleranceSchedule:
+    """Inner tolerance of outer iteration ``k`` (relative to the inner gradient scale).
+
+    Parameters
+    ----------
+    kind : {"exponential", "quadratic", "cubic", "constant"}
+        ``initial * rate**k``, ``initial / (k+1)**2``, ``initial / (k+1)**3`` or ``initial``.
+    initial : float
+        Tolerance of the first iteration.
+    rate : float
+        Decay of the exponential schedule.
+    floor : float
+        The tolerance never goes below this.
+    """
+
+    kind: str = "exponential"
+    initial: float = 1e-3
+    rate: float = 0.9
+    floor: float = 1e-12
+
+    def __post_init__(self):
+        kinds = ("exponential", "quadratic", "cubic", "constant")
+        if self.kind not in kinds:
+            raise ValueError(f"Unknown schedule kind {self.kind!r}; choose one of {kinds}.")
+        if not (self.initial > 0 and 0 < self.rate <= 1 and self.floor > 0):
+            raise ValueError("initial and floor must be positive and rate in (0, 1].")
+
+    def __call__(self, k: int) -> float:
+        if self.kind == "exponential":
+            tol = self.initial * self.rate**k
+        elif self.kind == "quadratic":
+            tol = self.initial / (k + 1) ** 2
+        elif self.kind == "cubic":
+            tol = self.initial / (k + 1) ** 3
+        else:
+            tol = self.initial
+        return max(tol, self.floor)
+
+    @classmethod
+    def default_for(cls, method: str) -> ToleranceSchedule:
+        """Exponential decay at 0.9 for exact CG, 0.78 for the SHINE variants (as published)."""
+        return cls(rate=0.78 if method.startswith("shine") else 0.9)
+
+
+@dataclass
+class BilevelResult:
+    """Result of :func:`solve_bilevel`.
+
+    Attributes
+    ----------
+    log_alpha : ndarray
+        Best hyperparameter found (lowest outer loss evaluated).
+    value : float
+        Outer loss (mean over folds) at ``log_alpha``.
+    grad : ndarray
+        Hypergradient at ``log_alpha``.
+    coef : list of ndarray
+        Inner solution of each fold at ``log_alpha``.
+    history : list of dict
+        One record per outer iteration (one evaluation of the outer loss): ``iteration``,
+        ``time`` (seconds since the start), ``log_alpha``, ``outer_loss``, ``grad_norm``,
+        ``inner_iter``, ``inner_tol``, ``n_fun_evals``, ``n_opa_evals`` (extra gradient
+        evaluations), ``n_hvp``, ``cg_iter``, ``backward``, ``n_fallbacks``, ``step_size``,
+        ``accepted``.
+    n_iter : int
+        Number of outer iterations (records in ``history``).
+    message : str
+        Why the search stopped.
+    interrupted : bool
+        True when a ``KeyboardInterrupt`` ended the search (the best point is kept).
+    fold_results : list of HypergradientResult
+        Per-fold results at ``log_alpha``.
+    """
+
+    log_alpha: np.ndarray
+    value: float
+    grad: np.ndarray
+    coef: list[np.ndarray]
+    history: list[dict[str, Any]]
+    n_iter: int
+    message: str
+    interrupted: bool = False
+    fold_results: list[HypergradientResult] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class _Evaluation:
+    """Mean outer loss and hypergradient over folds at one ``log_alpha``."""
+
+    log_alpha: np.ndarray
+    value: float
+    grad: np.ndarray
+    folds: list[HypergradientResult]
+
+
+def _evaluate_fold(inner, outer, log_alpha, warm, options) -> HypergradientResult:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = hypergradient(inner, outer, log_alpha, **warm, **options)
+    # Re-raised by the caller in the main process (joblib workers do not forward warnings).
+    result.info["warnings"] = [(w.category, str(w.message)) for w in caught]
+    return result
+
+
+def solve_bilevel(
+    inner,
+    outer,
+    log_alpha0,
+    *,
+    method: str = "shine-opa",
+    optimizer: str = "hoag",
+    max_iter: int = 30,
+    tol_schedule: ToleranceSchedule | None = None,
+    bounds: tuple[float, float] = (-25.0, 25.0),
+    step_size: float | None = None,
+    initial_step: float = 1.0,
+    reject_increase: float = 0.2,
+    xtol: float = 1e-6,
+    time_budget: float | None = None,
+    callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    warm_start_memory: bool = False,
+    n_jobs: int | None = None,
+    hypergradient_options: dict[str, Any] | None = None,
+) -> BilevelResult:
+    """Minimize the held-out criterion over ``log_alpha``.
+
+    Parameters
+    ----------
+    inner : problem or sequence of problems
+        Inner problem(s), one per fold.
+    outer : criterion or sequence of criteria
+        Outer criterion of each fold; the objective is their mean.
+    log_alpha0 : float or ndarray
+        Starting hyperparameter (clipped to ``bounds``).
+    method : str
+        Hypergradient method (see :data:`~hoag_shine.hypergradients.METHODS`).
+    optimizer : {"hoag", "gd", "adam"}
+        HOAG's adaptive step, fixed-step gradient descent, or Adam, all on ``log_alpha``.
+    max_iter : int
+        Maximum number of outer iterations (evaluations of the outer loss).
+    tol_schedule : ToleranceSchedule, optional
+        Inner tolerance per iteration; defaults to :meth:`ToleranceSchedule.default_for`.
+    bounds : (float, float)
+        ``log_alpha`` is clipped to this interval.
+    step_size : float, optional
+        Initial step (HOAG), fixed step (gd) or learning rate (adam). By default the first
+        step moves ``log_alpha`` by ``initial_step`` in norm (HOAG and gd) and Adam uses
+        ``0.1 * initial_step``.
+    initial_step : float
+        Length in ``log_alpha`` of the default first step.
+    reject_increase : float
+        HOAG rejects a step that raises the outer loss by more than this fraction.
+    xtol : float
+        Stop when an accepted step moves ``log_alpha`` by less than this (in norm).
+    time_budget : float, optional
+        Stop after this many seconds (checked between iterations).
+    callback : callable, optional
+        Called with each history record; returning True stops the search.
+    warm_start_memory : bool
+        Also warm-start the L-BFGS memory across outer iterations.
+    n_jobs : int, optional
+        Folds are solved in parallel with :class:`joblib.Parallel` (any joblib backend).
+    hypergradient_options : dict, optional
+        Extra keyword arguments for :func:`~hoag_shine.hypergradient` (e.g. ``solver``,
+        ``safeguard``, ``refine_iter``).
+
+    Returns
+    -------
+    BilevelResult
+    """
+    method = _check_method(method)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
+    inners = list(inner) if isinstance(inner, Sequence) else [inner]
+    outers = list(outer) if isinstance(outer, Sequence) else [outer]
+    if len(inners) != len(outers) or not inners:
+        raise ValueError(
+            f"inner and outer must pair up: got {len(inners)} problems and {len(outers)} criteria."
+        )
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
+    low, high = float(bounds[0]), float(bounds[1])
+    if not low < high:
+        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}.")
+    schedule = tol_schedule if tol_schedule is not None else ToleranceSchedule.default_for(method)
+    options = dict(hypergradient_options or {})
+    options["method"] = method
+    log_alpha = np.clip(inners[0].check_log_alpha(log_alpha0), low, high)
+
+    start = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    warm = [{} for _ in inners]
+    tol_factor = 1.0
+
+    with Parallel(n_jobs=n_jobs) as parallel:
+
+        def evaluate(point, k) -> _Evaluation:
+            tol = max(schedule(k) * tol_factor, schedule.floor)
+            fold_options = {**options, "tol": tol}
+            results = parallel(
+                delayed(_evaluate_fold)(i, o, point, w, fold_options)
+                for i, o, w in zip(inners, outers, warm, strict=True)
+            )
+            for result in results:
+                for category, message in result.info.pop("warnings"):
+                    warnings.warn(message, category, stacklevel=3)
+            value = float(np.mean([r.value for r in results]))
+            grad = np.mean([r.grad for r in results], axis=0)
+            return _Evaluation(point, value, grad, results)
+
+        def record(evaluation: _Evaluation, k, step, accepted) -> bool:
+            folds = evaluation.folds
+            backward = sorted({r.info["backward"] for r in folds})
+            entry = {
+                "iteration": k,
+                "time": time.perf_counter() - start,
+                "log_alpha": _export(evaluation.log_alpha),
+                "outer_loss": evaluation.value,
+                "grad_norm": float(np.linalg.norm(evaluation.grad)),
+                "inner_iter": sum(r.info["inner_iter"] for r in folds),
+                "inner_tol": max(schedule(k) * tol_factor, schedule.floor),
+                "n_fun_evals": sum(r.info["n_fun_evals"] for r in folds),
+                "n_opa_evals": sum(r.info["n_opa_evals"] for r in folds),
+                "n_hvp": sum(r.info["n_hvp"] for r in folds),
+                "cg_iter": sum(r.info["cg_iter"] for r in folds),
+                "backward": "|".join(backward),
+                "n_fallbacks": sum("fallback" in r.info["backward"] for r in folds),
+                "step_size": step,
+                "accepted": accepted,
+            }
+            history.append(entry)
+            logger.info(
+                "outer iteration %d: outer loss %.6g, |grad| %.3g, inner iterations %d, %s",
+                k,
+                entry["outer_loss"],
+                entry["grad_norm"],
+                entry["inner_iter"],
+                entry["backward"],
+            )
+            return bool(callback(entry)) if callback is not None else False
+
+        def adopt_warm_start(evaluation: _Evaluation):
+            for fold_warm, result in zip(warm, evaluation.folds, strict=True):
+                fold_warm["coef0"] = result.coef
+                fold_warm["q0"] = result.q
+                if warm_start_memory:
+                    fold_warm["memory"] = result.inner_state.memory
+
+        message = "maximum number of iterations reached"
+        interrupted = False
+        best = current = None
+        try:
+            current = evaluate(log_alpha, 0)
+            best = current
+            adopt_warm_start(current)
+            step = _initial_step(optimizer, step_size, initial_step, current.grad)
+            adam = _AdamState(current.grad.shape) if optimizer == "adam" else None
+            stop = record(current, 0, step, True)
+            for k in range(1, max_iter):
+                if stop:
+                    message = "stopped by callback"
+                    break
+                if time_budget is not None and time.perf_counter() - start >= time_budget:
+                    message = "time budget exhausted"
+                    break
+                if adam is not None:
+                    direction = adam.direction(current.grad)
+                else:
+                    direction = current.grad
+                candidate = np.clip(current.log_alpha - step * direction, low, high)
+                move = float(np.linalg.norm(candidate - current.log_alpha))
+                if move < xtol:
+                    message = "step below xtol"
+                    break
+                trial = evaluate(candidate, k)
+                accepted = True
+                used_step = step
+                if optimizer == "hoag":
+                    predicted = current.value - 0.5 * step * float(np.sum(current.grad**2))
+                    if trial.value > current.value + reject_increase * abs(current.value):
+                        accepted = False
+                        step *= 0.5
+                        tol_factor *= 0.5
+                    elif trial.value <= predicted:
+                        step *= 1.5
+                    elif trial.value > current.value:
+                        step *= 0.5
+                stop = record(trial, k, used_step, accepted)
+                if trial.value < best.value:
+                    best = trial
+                if accepted:
+                    current = trial
+                    adopt_warm_start(current)
+        except KeyboardInterrupt:
+            if best is None:
+                raise
+            interrupted = True
+            message = "interrupted"
+            warnings.warn(
+                "Search interrupted: returning the best hyperparameter found so far.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    return BilevelResult(
+        log_alpha=best.log_alpha,
+        value=best.value,
+        grad=best.grad,
+        coef=[r.coef for r in best.folds],
+        history=history,
+        n_iter=len(history),
+        message=message,
+        interrupted=interrupted,
+        fold_results=best.folds,
+    )
+
+
+def _initial_step(optimizer, step_size, initial_step, grad) -> float:
+    if step_size is not None:
+        if not (step_size > 0 and math.isfinite(step_size)):
+            raise ValueError(f"step_size must be a positive number, got {step_size!r}.")
+        return float(step_size)
+    if optimizer == "adam":
+        return 0.1 * initial_step
+    grad_norm = float(np.linalg.norm(grad))
+    return initial_step / grad_norm if grad_norm > 0 else initial_step
+
+
+class _AdamState:
+    """Adam's moment estimates (Kingma and Ba), bias-corrected."""
+
+    def __init__(self, shape, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.m, self.v = np.zeros(shape), np.zeros(shape)
+        self.beta1, self.beta2, self.eps, self.t = beta1, beta2, eps, 0
+
+    def direction(self, grad):
+        self.t += 1
+        self.m = self.beta1 * self.m + (1 - self.beta1) * grad
+        self.v = self.beta2 * self.v + (1 - self.beta2) * grad**2
+        m_hat = self.m / (1 - self.beta1**self.t)
+        v_hat = self.v / (1 - self.beta2**self.t)
+        return m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+def _export(log_alpha: np.ndarray):
+    """A history-friendly copy: a float for a scalar, an array copy otherwise."""
+    return float(log_alpha) if log_alpha.ndim == 0 else log_alpha.copy()

@@ -1,0 +1,260 @@
+"""Inner problems: L2-regularized linear models with log-parametrized penalties.
+
+``r(w, log_alpha) = sum_i s_i loss(y_i, x_i . w + b) + 1/2 sum_j alpha_j w_j^2`` with
+``alpha = exp(log_alpha)``, a scalar or one value per feature, ``s_i`` the sample weights and
+``b`` an optional unpenalized intercept stored as the last entry of ``w``.
+
+- :class:`LogisticRegressionProblem` is scikit-learn's ``LogisticRegression(C=1/alpha)``
+  objective (L2 penalty), with the two labels mapped to {-1, +1} as scikit-learn does.
+- :class:`RidgeProblem` is half of scikit-learn's ``Ridge(alpha=alpha)`` objective, so both
+  have the same minimizer.
+
+Each problem provides the value, gradient, Hessian-vector product and the cross derivative
+``d^2 r / (d log_alpha d w)`` that the hypergradient needs. X may be dense or
+``scipy.sparse`` (kept sparse).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._linear import LinearDesign
+from ._losses import (
+    logistic_curvature,
+    logistic_loss,
+    logistic_loss_derivative,
+    squared_loss,
+    squared_loss_derivative,
+)
+from ._validation import binary_labels, check_data, check_sample_weight
+
+__all__ = ["LOG_ALPHA_LIMIT", "LogisticRegressionProblem", "RidgeProblem"]
+
+#: ``|log_alpha|`` beyond this is refused: ``exp`` stays finite and meaningful in float64.
+LOG_ALPHA_LIMIT = 100.0
+
+
+class _PenalizedLinearProblem:
+    """Common part of the L2-penalized linear problems (see the module docstring)."""
+
+    def __init__(self, X, y, *, fit_intercept=False, per_feature=False, sample_weight=None):
+        X, y = check_data(X, y)
+        self.design = LinearDesign(X)
+        self.n_samples, self.n_features = X.shape
+        self.fit_intercept = bool(fit_intercept)
+        self.per_feature = bool(per_feature)
+        self.sample_weight = check_sample_weight(sample_weight, self.n_samples, np.float64)
+        self.y = self._encode_targets(y)
+        self._gradient_scale = None
+
+    # -- loss-specific part ------------------------------------------------------------------
+    def _encode_targets(self, y):
+        raise NotImplementedError
+
+    def _loss(self, z):
+        raise NotImplementedError
+
+    def _loss_derivative(self, z):
+        raise NotImplementedError
+
+    def _curvature(self, z):
+        raise NotImplementedError
+
+    # -- shapes and hyperparameters ----------------------------------------------------------
+    @property
+    def X(self):
+        """The training design matrix."""
+        return self.design.X
+
+    @property
+    def n_params(self) -> int:
+        """Length of the coefficient vector (features, plus one for an intercept)."""
+        return self.n_features + int(self.fit_intercept)
+
+    @property
+    def hyper_shape(self) -> tuple[int, ...]:
+        """Shape of ``log_alpha``: ``()`` for a scalar penalty, ``(n_features,)`` per feature."""
+        return (self.n_features,) if self.per_feature else ()
+
+    def init_coef(self) -> np.ndarray:
+        """A zero coefficient vector of the right length."""
+        return np.zeros(self.n_params)
+
+    def check_log_alpha(self, log_alpha) -> np.ndarray:
+        """Validate ``log_alpha`` and return it as a float64 array of shape ``hyper_shape``.
+
+        A scalar problem accepts a number or an array of shape ``(1,)``.
+        """
+        la = np.asarray(log_alpha, dtype=np.float64)
+        if self.per_feature:
+            if la.shape != (self.n_features,):
+                raise ValueError(
+                    f"per_feature=True needs log_alpha of shape ({self.n_features},), "
+                    f"got {la.shape}."
+                )
+        elif la.size != 1 or la.ndim > 1:
+            raise ValueError(
+                f"A scalar penalty needs a single log_alpha, got an array of shape {la.shape}."
+            )
+        else:
+            la = la.reshape(())
+        if not np.all(np.isfinite(la)):
+            raise ValueError("log_alpha must be finite.")
+        if np.any(np.abs(la) > LOG_ALPHA_LIMIT):
+            raise ValueError(
+                f"log_alpha must lie in [-{LOG_ALPHA_LIMIT:g}, {LOG_ALPHA_LIMIT:g}] "
+                f"(alpha = exp(log_alpha)); got values up to {np.max(np.abs(la)):g}."
+            )
+        return la
+
+    def penalty_weights(self, log_alpha) -> np.ndarray:
+        """``alpha`` broadcast to the coefficient vector (0 for the intercept)."""
+        alpha = np.exp(self.check_log_alpha(log_alpha))
+        weights = np.empty(self.n_params)
+        weights[: self.n_features] = alpha
+        if self.fit_intercept:
+            weights[-1] = 0.0
+        return weights
+
+    def _check_coef(self, w) -> np.ndarray:
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != (self.n_params,):
+            raise ValueError(f"w must have shape ({self.n_params},), got {w.shape}.")
+        return w
+
+    # -- objective ---------------------------------------------------------------------------
+    def _weighted(self, values):
+        return values if self.sample_weight is None else self.sample_weight * values
+
+    def value(self, w, log_alpha) -> float:
+        """Objective ``r(w, log_alpha)``."""
+        return self.value_and_grad(w, log_alpha)[0]
+
+    def grad(self, w, log_alpha) -> np.ndarray:
+        """Gradient of the objective in ``w``."""
+        return self.value_and_grad(w, log_alpha)[1]
+
+    def value_and_grad(self, w, log_alpha) -> tuple[float, np.ndarray]:
+        """Objective and its gradient in ``w`` (two products with X)."""
+        w = self._check_coef(w)
+        penalty = self.penalty_weights(log_alpha)
+        z = self.design.decision(w)
+        data_term = float(np.sum(self._weighted(self._loss(z))))
+        residual = self._weighted(self._loss_derivative(z))
+        grad = self.design.transpose_product(residual, self.fit_intercept)
+        grad += penalty * w
+        return data_term + 0.5 * float(np.dot(penalty * w, w)), grad
+
+    def hessian_operator(self, w, log_alpha):
+        """``v -> H v`` at ``w``, with the loss curvature computed once for many products."""
+        w = self._check_coef(w)
+        penalty = self.penalty_weights(log_alpha)
+        curvature = self._weighted(self._curvature(self.design.decision(w)))
+        design, intercept = self.design, self.fit_intercept
+
+        def hvp(v):
+            return design.transpose_product(curvature * design.decision(v), intercept) + (
+                penalty * v
+            )
+
+        return hvp
+
+    def hvp(self, w, log_alpha, v) -> np.ndarray:
+        """Hessian-vector product ``H(w) v``."""
+        return self.hessian_operator(w, log_alpha)(np.asarray(v, dtype=np.float64))
+
+    def cross_vjp(self, w, log_alpha, q) -> np.ndarray:
+        """``(d^2 r / d log_alpha d w)^T q``, of the shape of ``log_alpha``.
+
+        ``d/d log_alpha_j`` of the gradient is ``alpha_j w_j e_j``; contracted with ``q`` it is
+        ``alpha_j w_j q_j`` per feature, or their sum for a scalar penalty.
+        """
+        w = self._check_coef(w)
+        la = self.check_log_alpha(log_alpha)
+        alpha = np.exp(la)
+        per_coord = alpha * w[: self.n_features] * np.asarray(q)[: self.n_features]
+        return per_coord if self.per_feature else np.asarray(per_coord.sum())
+
+    @property
+    def gradient_scale(self) -> float:
+        """``||grad r(0)||``, independent of ``log_alpha``: the scale of relative tolerances."""
+        if self._gradient_scale is None:
+            zero = self.init_coef()
+            residual = self._weighted(self._loss_derivative(self.design.decision(zero)))
+            g = self.design.transpose_product(residual, self.fit_intercept)
+            self._gradient_scale = max(float(np.linalg.norm(g)), np.finfo(np.float64).tiny)
+        return self._gradient_scale
+
+
+class LogisticRegressionProblem(_PenalizedLinearProblem):
+    """Binary L2-regularized logistic regression, scikit-learn's objective with ``C = 1/alpha``.
+
+    ``r(w, log_alpha) = sum_i s_i log(1 + exp(-y_i (x_i . coef + b))) + alpha/2 ||coef||^2``
+    (per feature: ``1/2 sum_j alpha_j coef_j^2``), labels mapped to {-1, +1}.
+
+    Parameters
+    ----------
+    X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        Training data; sparse input stays sparse (CSR).
+    y : array-like of shape (n_samples,)
+        Two distinct labels of any type; ``classes_[1]`` is the positive class.
+    fit_intercept : bool, default=False
+        Add an unpenalized intercept, stored as the last coefficient.
+    per_feature : bool, default=False
+        One penalty per feature instead of a single one.
+    sample_weight : array-like of shape (n_samples,), optional
+        Per-sample weights of the loss.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,)
+        The two labels, in scikit-learn's order.
+    """
+
+    def _encode_targets(self, y):
+        signs, self.classes_ = binary_labels(y)
+        return signs
+
+    def _loss(self, z):
+        return logistic_loss(z, self.y)
+
+    def _loss_derivative(self, z):
+        return logistic_loss_derivative(z, self.y)
+
+    def _curvature(self, z):
+        return logistic_curvature(z)
+
+
+class RidgeProblem(_PenalizedLinearProblem):
+    """L2-regularized least squares, half of scikit-learn's ``Ridge(alpha)`` objective.
+
+    ``r(w, log_alpha) = 1/2 sum_i s_i (y_i - x_i . coef - b)^2 + alpha/2 ||coef||^2``.
+
+    Parameters
+    ----------
+    X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        Training data; sparse input stays sparse (CSR).
+    y : array-like of shape (n_samples,)
+        Real targets.
+    fit_intercept : bool, default=False
+        Add an unpenalized intercept, stored as the last coefficient.
+    per_feature : bool, default=False
+        One penalty per feature instead of a single one.
+    sample_weight : array-like of shape (n_samples,), optional
+        Per-sample weights of the loss.
+    """
+
+    def _encode_targets(self, y):
+        y = np.asarray(y, dtype=np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y must be finite.")
+        return y
+
+    def _loss(self, z):
+        return squared_loss(z, self.y)
+
+    def _loss_derivative(self, z):
+        return squared_loss_derivative(z, self.y)
+
+    def _curvature(self, z):
+        return np.ones_like(z)

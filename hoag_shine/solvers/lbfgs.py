@@ -1,0 +1,375 @@
+"""Limited-memory BFGS that keeps, and exposes, its inverse-Hessian estimate.
+
+SHINE reuses the solver's memory after the solve: the inverse operator returned in the state is
+exactly the one the solver would use for its next step (same pairs, in chronological order, same
+initial scaling ``H0 = gamma I`` with ``gamma = s^T y / y^T y`` of the newest pair).
+
+Outer-problem awareness (OPA): every ``opa_freq`` iterations, and ``opa_final`` times at the
+solution, the solver spends one extra gradient evaluation to add the secant pair
+``(e, grad(x + e) - grad(x))`` with ``e`` proportional to ``H_k v(x)``, where ``v`` is a direction
+supplied by the caller (the outer gradient). The iterate does not move; the inverse becomes
+accurate in the direction the outer problem needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._array import all_finite, dot, is_numpy, namespace, norm
+from .linesearch import strong_wolfe
+
+__all__ = ["LBFGS", "LBFGSMemory", "LBFGSState"]
+
+ValueAndGrad = Callable[[Any], tuple[float, Any]]
+
+
+class LBFGSMemory:
+    """Circular buffer of secant pairs ``(s, y)`` and the inverse-Hessian operator it defines.
+
+    Pairs are stored in preallocated ``(size, n)`` arrays; :meth:`chronological` unrolls the
+    circular buffer from oldest to newest, which is the order the two-loop recursion needs.
+
+    Parameters
+    ----------
+    size : int
+        Maximum number of pairs kept; the oldest is dropped when full.
+    like : array
+        A vector of the problem's length, dtype and device (numpy array or torch tensor).
+    curvature_eps : float
+        A pair is skipped unless ``s^T y > curvature_eps * ||s|| * ||y||``.
+    """
+
+    def __init__(self, size: int, like, *, curvature_eps: float = 1e-10):
+        if size < 1:
+            raise ValueError(f"memory size must be at least 1, got {size}.")
+        xp = namespace(like)
+        self.size = int(size)
+        self.curvature_eps = float(curvature_eps)
+        n = like.shape[0]
+        self._s = xp.zeros((self.size, n), dtype=like.dtype, device=_device(like))
+        self._y = xp.zeros((self.size, n), dtype=like.dtype, device=_device(like))
+        self._rho = [0.0] * self.size
+        self._next = 0  # slot written by the next push
+        self.count = 0
+        self.n_skipped = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = self._s.shape[1]
+        return (n, n)
+
+    @property
+    def dtype(self):
+        return self._s.dtype
+
+    def chronological(self) -> list[int]:
+        """Slots of the stored pairs, oldest first."""
+        first = (self._next - self.count) % self.size
+        return [(first + i) % self.size for i in range(self.count)]
+
+    def pairs(self) -> tuple[Any, Any]:
+        """Stored pairs as two ``(count, n)`` arrays, oldest first (copies)."""
+        xp = namespace(self._s)
+        order = self.chronological()
+        if not order:
+            return self._s[:0, :], self._y[:0, :]
+        idx = xp.asarray(order, device=_device(self._s))
+        return xp.take(self._s, idx, axis=0), xp.take(self._y, idx, axis=0)
+
+    def push(self, s, y) -> bool:
+        """Append a pair; return False (and keep the memory) if its curvature is not safe."""
+        sy = dot(s, y)
+        if not (math.isfinite(sy) and sy > self.curvature_eps * norm(s) * norm(y)):
+            self.n_skipped += 1
+            return False
+        self._s[self._next, ...] = s
+        self._y[self._next, ...] = y
+        self._rho[self._next] = 1.0 / sy
+        self._next = (self._next + 1) % self.size
+        self.count = min(self.count + 1, self.size)
+        return True
+
+    def clear(self) -> None:
+        """Forget every pair."""
+        self._next = 0
+        self.count = 0
+
+    def copy(self) -> LBFGSMemory:
+        """An independent copy (used to warm-start a later solve)."""
+        new = object.__new__(LBFGSMemory)
+        new.size, new.curvature_eps = self.size, self.curvature_eps
+        new._s, new._y = _clone(self._s), _clone(self._y)
+        new._rho = list(self._rho)
+        new._next, new.count, new.n_skipped = self._next, self.count, self.n_skipped
+        return new
+
+    @property
+    def gamma(self) -> float:
+        """Initial scaling ``s^T y / y^T y`` of the newest pair (1 when empty)."""
+        if self.count == 0:
+            return 1.0
+        newest = (self._next - 1) % self.size
+        y = self._y[newest]
+        return 1.0 / (self._rho[newest] * dot(y, y))
+
+    def matvec(self, v):
+        """Two-loop recursion: the product ``H v`` with the current inverse estimate."""
+        order = self.chronological()
+        q = _clone(v)
+        coefs = []
+        for i in reversed(order):
+            a = self._rho[i] * dot(self._s[i], q)
+            coefs.append(a)
+            q -= a * self._y[i]
+        r = q
+        r *= self.gamma
+        for i, a in zip(order, reversed(coefs), strict=True):
+            b = self._rho[i] * dot(self._y[i], r)
+            r += (a - b) * self._s[i]
+        return r
+
+    # The estimate is symmetric.
+    rmatvec = matvec
+    __call__ = matvec
+
+    def __matmul__(self, v):
+        return self.matvec(v)
+
+    def as_linear_operator(self):
+        """The estimate as a :class:`scipy.sparse.linalg.LinearOperator` (numpy memory only)."""
+        from scipy.sparse.linalg import LinearOperator
+
+        if not isinstance(self._s, np.ndarray):
+            raise TypeError("as_linear_operator needs numpy arrays; call matvec on tensors.")
+        return LinearOperator(
+            self.shape, matvec=self.matvec, rmatvec=self.matvec, dtype=self._s.dtype
+        )
+
+
+@dataclass
+class LBFGSState:
+    """What :meth:`LBFGS.run` returns.
+
+    Attributes
+    ----------
+    x : array
+        Final iterate (the best one: the objective decreases monotonically).
+    value : float
+        Objective at ``x``.
+    grad : array
+        Gradient at ``x``.
+    grad_norm : float
+        Euclidean norm of ``grad``.
+    n_iter : int
+        Iterations (accepted steps).
+    n_fun_evals : int
+        Objective-and-gradient evaluations, OPA's included.
+    n_opa_evals : int
+        Extra evaluations spent by OPA.
+    converged : bool
+        True when ``grad_norm <= tol``.
+    message : str
+        Why the solver stopped.
+    memory : LBFGSMemory
+        The secant pairs; a warm start for a later solve.
+    """
+
+    x: Any
+    value: float
+    grad: Any
+    grad_norm: float
+    n_iter: int
+    n_fun_evals: int
+    n_opa_evals: int
+    converged: bool
+    message: str
+    memory: LBFGSMemory = field(repr=False)
+
+    @property
+    def inverse_hessian(self):
+        """The inverse-Hessian estimate at ``x``.
+
+        A :class:`scipy.sparse.linalg.LinearOperator` for numpy arrays, the
+        :class:`LBFGSMemory` itself (with ``matvec``, ``@`` and call) for other backends.
+        """
+        if is_numpy(namespace(self.x)):
+            return self.memory.as_linear_operator()
+        return self.memory
+
+
+@dataclass
+class LBFGS:
+    """L-BFGS with a strong-Wolfe line search, exposing its inverse estimate.
+
+    Parameters
+    ----------
+    memory_size : int
+        Number of secant pairs kept.
+    tol : float
+        Absolute tolerance on the Euclidean norm of the gradient.
+    max_iter : int
+        Maximum number of iterations.
+    opa_freq : int or None
+        Add an OPA pair every ``opa_freq`` iterations when a direction is given to :meth:`run`.
+    opa_final : int
+        Number of OPA pairs added at the returned iterate (when a direction is given). Each
+        costs one gradient; the estimate is used there, so these pairs matter most.
+    curvature_eps : float
+        Curvature safeguard for accepting a pair (see :class:`LBFGSMemory`).
+    c1, c2 : float
+        Strong-Wolfe constants.
+    max_line_search : int
+        Maximum evaluations per line search.
+    """
+
+    memory_size: int = 10
+    tol: float = 1e-6
+    max_iter: int = 1000
+    opa_freq: int | None = None
+    opa_final: int = 2
+    curvature_eps: float = 1e-10
+    c1: float = 1e-4
+    c2: float = 0.9
+    max_line_search: int = 25
+
+    def run(
+        self,
+        value_and_grad: ValueAndGrad,
+        x0,
+        *,
+        memory: LBFGSMemory | None = None,
+        opa_direction: Callable[[Any], Any] | None = None,
+    ) -> LBFGSState:
+        """Minimize from ``x0``.
+
+        Parameters
+        ----------
+        value_and_grad : callable
+            ``x -> (value, gradient)``.
+        x0 : array
+            Starting point (not modified).
+        memory : LBFGSMemory, optional
+            Pairs from an earlier solve to start from (copied, not modified).
+        opa_direction : callable, optional
+            ``x -> v``: the direction in which OPA makes the inverse accurate.
+
+        Returns
+        -------
+        LBFGSState
+        """
+        x = _clone(x0)
+        if memory is not None and memory.shape[0] == x.shape[0]:
+            mem = memory.copy()
+        else:
+            mem = LBFGSMemory(self.memory_size, x, curvature_eps=self.curvature_eps)
+        value, grad = _evaluate(value_and_grad, x)
+        n_evals, n_opa = 1, 0
+        last_step = None
+        message = "maximum number of iterations reached"
+        converged = False
+        n_iter = 0
+        retried = False
+
+        while True:
+            grad_norm = norm(grad)
+            if not math.isfinite(grad_norm):
+                message = "non-finite gradient"
+                break
+            if grad_norm <= self.tol:
+                converged, message = True, "gradient norm below tolerance"
+                break
+            if n_iter >= self.max_iter:
+                break
+            use_opa = opa_direction is not None and self.opa_freq
+            if use_opa and n_iter > 0 and n_iter % self.opa_freq == 0 and not retried:
+                n_opa += self._opa_update(value_and_grad, mem, x, grad, opa_direction, last_step)
+
+            direction = -mem.matvec(grad)
+            slope = dot(grad, direction)
+            if not (math.isfinite(slope) and slope < 0):
+                mem.clear()
+                direction, slope = -grad, -(grad_norm**2)
+            step0 = 1.0 if mem.count > 0 else min(1.0, 1.0 / grad_norm)
+
+            def phi(t, x=x, direction=direction):
+                x_t = x + t * direction
+                v, g = _evaluate(value_and_grad, x_t)
+                return v, dot(g, direction), (x_t, g)
+
+            ls = strong_wolfe(
+                phi, value, slope, step0, c1=self.c1, c2=self.c2, max_evals=self.max_line_search
+            )
+            n_evals += ls.n_evals
+            if ls.step == 0.0:
+                if mem.count > 0 and not retried:
+                    # The quasi-Newton direction failed: retry once along the gradient.
+                    mem.clear()
+                    retried = True
+                    continue
+                message = "line search failed"
+                break
+            retried = False
+            x_new, grad_new = ls.payload
+            s = x_new - x
+            mem.push(s, grad_new - grad)
+            last_step = norm(s)
+            x, value, grad = x_new, ls.value, grad_new
+            n_iter += 1
+
+        if converged and opa_direction is not None:
+            for _ in range(self.opa_final):
+                n_opa += self._opa_update(value_and_grad, mem, x, grad, opa_direction, last_step)
+        return LBFGSState(
+            x=x,
+            value=value,
+            grad=grad,
+            grad_norm=norm(grad),
+            n_iter=n_iter,
+            n_fun_evals=n_evals + n_opa,
+            n_opa_evals=n_opa,
+            converged=converged,
+            message=message,
+            memory=mem,
+        )
+
+    @staticmethod
+    def _opa_update(value_and_grad, mem, x, grad, opa_direction, last_step) -> int:
+        """Push the OPA pair at ``x``; return the number of evaluations spent (0 or 1)."""
+        v = opa_direction(x)
+        e = mem.matvec(v)
+        e_norm = norm(e)
+        if not (math.isfinite(e_norm) and e_norm > 0):
+            return 0
+        # Length of the last step, floored so the gradient difference stays well above
+        # round-off near convergence.
+        floor = math.sqrt(np.finfo(np.float64).eps) * max(1.0, norm(x))
+        length = max(last_step or 0.0, floor)
+        e = e * (length / e_norm)
+        _, grad_e = _evaluate(value_and_grad, x + e)
+        mem.push(e, grad_e - grad)
+        return 1
+
+
+def _evaluate(value_and_grad: ValueAndGrad, x) -> tuple[float, Any]:
+    value, grad = value_and_grad(x)
+    value = float(value)
+    if not all_finite(grad):
+        value = math.inf
+    return value, grad
+
+
+def _clone(a):
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    return a.clone()
+
+
+def _device(a):
+    from array_api_compat import device
+
+    return device(a)
