@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 from array_api_compat import array_namespace, is_numpy_namespace
+from scipy.linalg.blas import daxpy as _daxpy
 
-__all__ = ["dot", "is_numpy", "namespace", "norm", "to_float"]
+__all__ = ["all_finite", "axpy", "dot", "is_numpy", "namespace", "norm", "to_float"]
 
 
 def namespace(*arrays: Any):
@@ -40,6 +41,19 @@ def norm(a) -> float:
         return float(np.sqrt(np.dot(a, a)))
     xp = array_namespace(a)
     return float(xp.linalg.vector_norm(a))
+
+
+def axpy(a: float, x, y):
+    """``y += a * x`` in place (BLAS for float64 numpy, no temporary); returns ``y``."""
+    if isinstance(y, np.ndarray):
+        if y.dtype == np.float64 and x.dtype == np.float64 and y.flags.c_contiguous:
+            return _daxpy(x, y, a=a)
+        y += a * x
+        return y
+    if hasattr(y, "add_"):  # torch
+        return y.add_(x, alpha=a)
+    y += a * x
+    return y
 
 
 def to_float(x) -> float:

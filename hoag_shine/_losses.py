@@ -8,6 +8,7 @@ from scipy.special import expit
 __all__ = [
     "logistic_curvature",
     "logistic_loss",
+    "logistic_loss_and_derivative",
     "logistic_loss_derivative",
     "squared_loss",
     "squared_loss_derivative",
@@ -22,6 +23,16 @@ def logistic_loss(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 def logistic_loss_derivative(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Derivative of :func:`logistic_loss` in ``z``: ``-y sigma(-y z)``."""
     return -y * expit(-y * z)
+
+
+def logistic_loss_and_derivative(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`logistic_loss` and :func:`logistic_loss_derivative` sharing one exponential."""
+    margin = -y * z
+    e = np.exp(-np.abs(margin))  # in (0, 1]: never overflows
+    loss = np.maximum(margin, 0.0) + np.log1p(e)
+    # sigma(margin) = 1 / (1 + exp(-margin)), written with e = exp(-|margin|)
+    sigma = np.where(margin >= 0, 1.0, e) / (1.0 + e)
+    return loss, -y * sigma
 
 
 def logistic_curvature(z: np.ndarray) -> np.ndarray:

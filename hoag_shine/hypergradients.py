@@ -128,7 +128,7 @@ def hypergradient(
     q0=None,
     solver: LBFGS | None = None,
     cg_tol: float | None = None,
-    cg_max_iter: int | None = None,
+    cg_max_iter: int = 1000,
     refine_iter: int = 5,
     safeguard: bool = True,
     safeguard_threshold: float = 1.0,
@@ -160,8 +160,8 @@ def hypergradient(
     cg_tol : float, optional
         Relative residual tolerance of CG (``cg``, ``shine-refine`` and the safeguard's
         fallback); defaults to ``tol``.
-    cg_max_iter : int, optional
-        Maximum CG iterations; defaults to the number of coefficients.
+    cg_max_iter : int
+        Maximum CG iterations (in floating point, CG may need more than the dimension).
     refine_iter : int
         CG iterations of ``shine-refine``.
     safeguard : bool
@@ -176,7 +176,8 @@ def hypergradient(
     Warns
     -----
     ConvergenceWarning
-        When the inner solver stops before reaching its tolerance; the best iterate is used.
+        When the inner solver stops before reaching its tolerance (the best iterate is used),
+        or when CG stops at ``cg_max_iter`` before its tolerance (its last iterate is used).
     """
     method = _check_method(method)
     la = inner.check_log_alpha(log_alpha)
@@ -214,9 +215,16 @@ def hypergradient(
     cg_tol = tol if cg_tol is None else cg_tol
     info: dict[str, Any] = {"method": method, "backward": method, "cg_iter": 0}
 
-    def run_cg(start_point, max_iter):
+    def run_cg(start_point, max_iter, warn=True):
         result = conjugate_gradient(hessian, v, start_point, rtol=cg_tol, max_iter=max_iter)
         info["cg_iter"] += result.n_iter
+        if warn and not result.converged:
+            warnings.warn(
+                f"CG stopped at relative residual {result.residual_norm / norm(v):.3g} > "
+                f"{cg_tol:.3g} after {result.n_iter} iterations; raise cg_max_iter.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
         info["adjoint_residual"] = result.residual_norm / max(norm(v), np.finfo(float).tiny)
         return result.x
 
@@ -227,7 +235,7 @@ def hypergradient(
     else:
         q = state.inverse_hessian.matvec(v)
         if method == "shine-refine":
-            q = run_cg(q, refine_iter)
+            q = run_cg(q, refine_iter, warn=False)
         if safeguard and not _adjoint_is_usable(q, v, hessian, safeguard_threshold, info):
             info["backward"] = f"{method}+fallback-cg"
             q = run_cg(q0, cg_max_iter)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._array import axpy
 from ._linear import LinearDesign
 from ._losses import (
     logistic_curvature,
     logistic_loss,
+    logistic_loss_and_derivative,
     logistic_loss_derivative,
     squared_loss,
     squared_loss_derivative,
@@ -46,6 +48,7 @@ class _PenalizedLinearProblem:
         self.sample_weight = check_sample_weight(sample_weight, self.n_samples, np.float64)
         self.y = self._encode_targets(y)
         self._gradient_scale = None
+        self._penalty_cache = (None, None)
 
     # -- loss-specific part ------------------------------------------------------------------
     def _encode_targets(self, y):
@@ -59,6 +62,9 @@ class _PenalizedLinearProblem:
 
     def _curvature(self, z):
         raise NotImplementedError
+
+    def _loss_and_derivative(self, z):
+        return self._loss(z), self._loss_derivative(z)
 
     # -- shapes and hyperparameters ----------------------------------------------------------
     @property
@@ -108,13 +114,21 @@ class _PenalizedLinearProblem:
         return la
 
     def penalty_weights(self, log_alpha) -> np.ndarray:
-        """``alpha`` broadcast to the coefficient vector (0 for the intercept)."""
-        alpha = np.exp(self.check_log_alpha(log_alpha))
-        weights = np.empty(self.n_params)
-        weights[: self.n_features] = alpha
-        if self.fit_intercept:
-            weights[-1] = 0.0
-        return weights
+        """``alpha`` broadcast to the coefficient vector (0 for the intercept).
+
+        The result is cached for the last ``log_alpha`` (solvers call this at every step); do
+        not modify it.
+        """
+        la = self.check_log_alpha(log_alpha)
+        key = la.tobytes()
+        if self._penalty_cache[0] != key:
+            weights = np.empty(self.n_params)
+            weights[: self.n_features] = np.exp(la)
+            if self.fit_intercept:
+                weights[-1] = 0.0
+            weights.flags.writeable = False
+            self._penalty_cache = (key, weights)
+        return self._penalty_cache[1]
 
     def _check_coef(self, w) -> np.ndarray:
         w = np.asarray(w, dtype=np.float64)
@@ -139,11 +153,19 @@ class _PenalizedLinearProblem:
         w = self._check_coef(w)
         penalty = self.penalty_weights(log_alpha)
         z = self.design.decision(w)
-        data_term = float(np.sum(self._weighted(self._loss(z))))
-        residual = self._weighted(self._loss_derivative(z))
-        grad = self.design.transpose_product(residual, self.fit_intercept)
-        grad += penalty * w
-        return data_term + 0.5 * float(np.dot(penalty * w, w)), grad
+        loss, derivative = self._loss_and_derivative(z)
+        data_term = float(np.sum(self._weighted(loss)))
+        grad = self.design.transpose_product(self._weighted(derivative), self.fit_intercept)
+        coef = w[: self.n_features]
+        if self.per_feature:
+            penalty_grad = penalty[: self.n_features] * coef
+            grad[: self.n_features] += penalty_grad
+            penalty_value = float(np.dot(penalty_grad, coef))
+        else:  # scalar alpha: in place, no temporary of the size of w
+            alpha = float(penalty[0])
+            axpy(alpha, coef, grad[: self.n_features])
+            penalty_value = alpha * float(np.dot(coef, coef))
+        return data_term + 0.5 * penalty_value, grad
 
     def hessian_operator(self, w, log_alpha):
         """``v -> H v`` at ``w``, with the loss curvature computed once for many products."""
@@ -220,6 +242,9 @@ class LogisticRegressionProblem(_PenalizedLinearProblem):
 
     def _loss_derivative(self, z):
         return logistic_loss_derivative(z, self.y)
+
+    def _loss_and_derivative(self, z):
+        return logistic_loss_and_derivative(z, self.y)
 
     def _curvature(self, z):
         return logistic_curvature(z)

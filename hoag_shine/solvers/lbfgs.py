@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import all_finite, dot, is_numpy, namespace, norm
+from .._array import all_finite, axpy, dot, is_numpy, namespace, norm
 from .linesearch import strong_wolfe
 
 __all__ = ["LBFGS", "LBFGSMemory", "LBFGSState"]
@@ -125,12 +125,12 @@ class LBFGSMemory:
         for i in reversed(order):
             a = self._rho[i] * dot(self._s[i], q)
             coefs.append(a)
-            q -= a * self._y[i]
+            axpy(-a, self._y[i], q)
         r = q
         r *= self.gamma
         for i, a in zip(order, reversed(coefs), strict=True):
             b = self._rho[i] * dot(self._y[i], r)
-            r += (a - b) * self._s[i]
+            axpy(a - b, self._s[i], r)
         return r
 
     # The estimate is symmetric.
