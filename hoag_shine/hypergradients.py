@@ -125,6 +125,7 @@ def hypergradient(
     tol: float = 1e-6,
     coef0=None,
     memory: LBFGSMemory | None = None,
+    memory_log_alpha=None,
     q0=None,
     solver: LBFGS | None = None,
     cg_tol: float | None = None,
@@ -152,6 +153,10 @@ def hypergradient(
         Warm start of the inner solution (not modified).
     memory : LBFGSMemory, optional
         Warm start of the L-BFGS memory (copied, not modified).
+    memory_log_alpha : float or ndarray, optional
+        The ``log_alpha`` at which ``memory`` was built. When given (and the problem has
+        ``penalty_weights``), the pairs are corrected exactly for the change of the quadratic
+        penalty: ``y += (alpha - alpha_memory) * s``.
     q0 : ndarray, optional
         Warm start of the CG adjoint solve.
     solver : LBFGS, optional
@@ -190,6 +195,9 @@ def hypergradient(
         opa_freq=base.opa_freq if method == "shine-opa" else None,
     )
     coef0 = inner.init_coef() if coef0 is None else np.array(coef0, dtype=np.float64)
+
+    if memory is not None and memory_log_alpha is not None and hasattr(inner, "penalty_weights"):
+        memory = memory.shifted(inner.penalty_weights(la) - inner.penalty_weights(memory_log_alpha))
 
     start = time.perf_counter()
     state = solver.run(

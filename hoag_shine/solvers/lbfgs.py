@@ -108,6 +108,22 @@ class LBFGSMemory:
         new._next, new.count, new.n_skipped = self._next, self.count, self.n_skipped
         return new
 
+    def shifted(self, diagonal) -> LBFGSMemory:
+        """A copy whose pairs belong to the Hessian plus ``diag(diagonal)``.
+
+        Adding a quadratic term ``1/2 sum_j d_j x_j^2`` to the objective adds ``d * s`` to each
+        gradient difference ``y`` exactly, so the pairs stay valid secant pairs of the new
+        objective (up to the change of the rest of the Hessian). Pairs whose curvature is no
+        longer safe are dropped; the order of the others is kept.
+        """
+        xp = namespace(self._s)
+        new = LBFGSMemory(self.size, self._s[0], curvature_eps=self.curvature_eps)
+        d = xp.asarray(diagonal, dtype=self._s.dtype, device=_device(self._s))
+        for i in self.chronological():
+            new.push(self._s[i], self._y[i] + d * self._s[i])
+        new.n_skipped += self.n_skipped
+        return new
+
     @property
     def gamma(self) -> float:
         """Initial scaling ``s^T y / y^T y`` of the newest pair (1 when empty)."""
