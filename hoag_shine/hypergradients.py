@@ -105,6 +105,24 @@ def _check_method(method: str) -> str:
     return method
 
 
+def _check_compatible(inner, outer) -> None:
+    """The criterion must see the same features (and classes) as the inner problem."""
+    n_inner, n_outer = getattr(inner, "n_features", None), getattr(outer, "n_features", None)
+    if n_inner is not None and n_outer is not None and n_inner != n_outer:
+        raise ValueError(
+            f"The inner problem has {n_inner} features but the outer criterion {n_outer}."
+        )
+    classes_inner = getattr(inner, "classes_", None)
+    classes_outer = getattr(outer, "classes_", None)
+    if classes_inner is not None and classes_outer is not None:
+        if not np.array_equal(classes_inner, classes_outer):
+            raise ValueError(
+                f"The inner problem's classes {classes_inner.tolist()} differ from the "
+                f"criterion's {classes_outer.tolist()}; pass classes=inner.classes_ to the "
+                "criterion."
+            )
+
+
 def default_solver(method: str) -> LBFGS:
     """The inner L-BFGS used by :func:`hypergradient` for ``method`` when none is given.
 
@@ -185,6 +203,7 @@ def hypergradient(
         or when CG stops at ``cg_max_iter`` before its tolerance (its last iterate is used).
     """
     method = _check_method(method)
+    _check_compatible(inner, outer)
     la = inner.check_log_alpha(log_alpha)
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a positive number, got {tol!r}.")
