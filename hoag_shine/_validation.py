@@ -54,6 +54,8 @@ def binary_labels(y, classes=None) -> tuple[np.ndarray, np.ndarray]:
     classes : ndarray of the two classes
     """
     y = np.asarray(y)
+    if y.dtype.kind in "fc" and not np.all(np.isfinite(y)):
+        raise ValueError("y contains NaN or infinity; labels must be finite.")
     if classes is None:
         target = type_of_target(y)
         if target not in ("binary", "multiclass"):

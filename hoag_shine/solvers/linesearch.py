@@ -125,9 +125,10 @@ def strong_wolfe(
         while n_evals < max_evals:
             width = hi - lo
             t = _cubic_minimizer(lo, flo, glo, hi, fhi, ghi)
-            low, high = min(lo, hi), max(lo, hi)
-            margin = 0.1 * abs(width)
-            if t is None or not (low + margin <= t <= high - margin):
+            # Keep the trial away from ``hi`` (10% of the interval) so the bracket shrinks, but
+            # not from ``lo``: a huge curvature needs a step many orders of magnitude below the
+            # first trial, which bisection would take dozens of evaluations to reach.
+            if t is None or not (0 < (t - lo) / width < 0.9):
                 t = lo + 0.5 * width
             value, slope, payload = evaluate(t)
             if not decrease_ok(t, value) or value > flo + noise:
