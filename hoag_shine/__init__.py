@@ -5,9 +5,11 @@ The functional core:
 - :func:`hypergradient` solves the inner problem and returns the hypergradient of a held-out
   criterion with respect to ``log_alpha`` by one of :data:`METHODS`;
 - :func:`solve_bilevel` runs the outer optimization (HOAG, gradient descent or Adam);
-- :func:`check_hypergradient` compares a hypergradient with finite differences.
+- :func:`check_hypergradient` compares a hypergradient with finite differences;
+- :class:`BilevelEstimator` is the scikit-learn meta-estimator built on them.
 """
 
+from .estimator import EXPECTED_FAILED_CHECKS, BilevelEstimator
 from .hypergradients import (
     METHODS,
     HypergradientResult,
@@ -20,8 +22,10 @@ from .outer import OPTIMIZERS, BilevelResult, ToleranceSchedule, solve_bilevel
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "EXPECTED_FAILED_CHECKS",
     "METHODS",
     "OPTIMIZERS",
+    "BilevelEstimator",
     "BilevelResult",
     "HypergradientResult",
     "ToleranceSchedule",

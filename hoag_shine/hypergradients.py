@@ -73,7 +73,7 @@ class HypergradientResult:
         Diagnostics: ``method``, ``backward`` (what produced ``q``, fallbacks included),
         ``inner_iter``, ``inner_converged``, ``n_fun_evals``, ``n_opa_evals``, ``n_hvp``,
         ``cg_iter``, ``adjoint_residual`` (relative, when computed), ``time_inner``,
-        ``time_backward`` (seconds).
+        ``time_backward`` (seconds), ``warnings`` (``(category, message)`` pairs).
     """
 
     value: float
@@ -151,6 +151,7 @@ def hypergradient(
     refine_iter: int = 5,
     safeguard: bool = True,
     safeguard_threshold: float = 1.0,
+    emit_warnings: bool = True,
 ) -> HypergradientResult:
     """Solve the inner problem and return the hypergradient of the outer criterion.
 
@@ -191,6 +192,10 @@ def hypergradient(
         Check SHINE's adjoint and fall back to CG when it is unusable.
     safeguard_threshold : float
         Largest accepted relative residual ``||H q - v|| / ||v||`` of SHINE's adjoint.
+    emit_warnings : bool
+        Emit the warnings below. When False they are only collected in
+        ``info["warnings"]`` as ``(category, message)`` pairs, for callers running in worker
+        threads (``warnings.catch_warnings`` is not thread-safe).
 
     Returns
     -------
@@ -225,13 +230,15 @@ def hypergradient(
         memory=memory,
         opa_direction=outer.grad if method == "shine-opa" else None,
     )
+    notes: list[tuple[type[Warning], str]] = []
     if not state.converged:
-        warnings.warn(
-            f"Inner solver stopped before convergence ({state.message}; gradient norm "
-            f"{state.grad_norm:.3g} > {solver.tol:.3g} after {state.n_iter} iterations). "
-            "The hypergradient uses the last iterate; raise max_iter or loosen tol.",
-            ConvergenceWarning,
-            stacklevel=2,
+        notes.append(
+            (
+                ConvergenceWarning,
+                f"Inner solver stopped before convergence ({state.message}; gradient norm "
+                f"{state.grad_norm:.3g} > {solver.tol:.3g} after {state.n_iter} iterations). "
+                "The hypergradient uses the last iterate; raise max_iter or loosen tol.",
+            )
         )
     w = state.x
     time_inner = time.perf_counter() - start
@@ -246,11 +253,12 @@ def hypergradient(
         result = conjugate_gradient(hessian, v, start_point, rtol=cg_tol, max_iter=max_iter)
         info["cg_iter"] += result.n_iter
         if warn and not result.converged:
-            warnings.warn(
-                f"CG stopped at relative residual {result.residual_norm / norm(v):.3g} > "
-                f"{cg_tol:.3g} after {result.n_iter} iterations; raise cg_max_iter.",
-                ConvergenceWarning,
-                stacklevel=3,
+            notes.append(
+                (
+                    ConvergenceWarning,
+                    f"CG stopped at relative residual {result.residual_norm / norm(v):.3g} > "
+                    f"{cg_tol:.3g} after {result.n_iter} iterations; raise cg_max_iter.",
+                )
             )
         info["adjoint_residual"] = result.residual_norm / max(norm(v), np.finfo(float).tiny)
         return result.x
@@ -267,7 +275,7 @@ def hypergradient(
             info["backward"] = f"{method}+fallback-cg"
             q = run_cg(q0, cg_max_iter)
 
-    grad = -np.asarray(inner.cross_vjp(w, la, q)).reshape(np.shape(log_alpha))
+    grad = np.asarray(-np.asarray(inner.cross_vjp(w, la, q))).reshape(np.shape(log_alpha))
     info.update(
         inner_iter=state.n_iter,
         inner_converged=state.converged,
@@ -276,7 +284,11 @@ def hypergradient(
         n_hvp=hessian.count,
         time_inner=time_inner,
         time_backward=time.perf_counter() - start,
+        warnings=notes,
     )
+    if emit_warnings:
+        for category, message in notes:
+            warnings.warn(message, category, stacklevel=2)
     return HypergradientResult(value=value, grad=grad, coef=w, q=q, inner_state=state, info=info)
 
 

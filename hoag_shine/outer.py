@@ -133,15 +133,13 @@ class _Evaluation:
     value: float
     grad: np.ndarray
     folds: list[HypergradientResult]
+    inner_tol: float
 
 
 def _evaluate_fold(inner, outer, log_alpha, warm, options) -> HypergradientResult:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = hypergradient(inner, outer, log_alpha, **warm, **options)
-    # Re-raised by the caller in the main process (joblib workers do not forward warnings).
-    result.info["warnings"] = [(w.category, str(w.message)) for w in caught]
-    return result
+    # Warnings travel back in info["warnings"] and are emitted by the caller in the main thread
+    # (joblib workers do not forward them, and catch_warnings is not thread-safe).
+    return hypergradient(inner, outer, log_alpha, emit_warnings=False, **warm, **options)
 
 
 def solve_bilevel(
@@ -246,11 +244,11 @@ def solve_bilevel(
                 for i, o, w in zip(inners, outers, warm, strict=True)
             )
             for result in results:
-                for category, message in result.info.pop("warnings"):
+                for category, message in result.info["warnings"]:
                     warnings.warn(message, category, stacklevel=3)
             value = float(np.mean([r.value for r in results]))
             grad = np.mean([r.grad for r in results], axis=0)
-            return _Evaluation(point, value, grad, results)
+            return _Evaluation(point, value, grad, results, tol)
 
         def record(evaluation: _Evaluation, k, step, accepted) -> bool:
             folds = evaluation.folds
@@ -262,7 +260,7 @@ def solve_bilevel(
                 "outer_loss": evaluation.value,
                 "grad_norm": float(np.linalg.norm(evaluation.grad)),
                 "inner_iter": sum(r.info["inner_iter"] for r in folds),
-                "inner_tol": max(schedule(k) * tol_factor, schedule.floor),
+                "inner_tol": evaluation.inner_tol,
                 "n_fun_evals": sum(r.info["n_fun_evals"] for r in folds),
                 "n_opa_evals": sum(r.info["n_opa_evals"] for r in folds),
                 "n_hvp": sum(r.info["n_hvp"] for r in folds),
@@ -330,9 +328,9 @@ def solve_bilevel(
                         step *= 1.5
                     elif trial.value > current.value:
                         step *= 0.5
-                stop = record(trial, k, used_step, accepted)
                 if trial.value < best.value:
                     best = trial
+                stop = record(trial, k, used_step, accepted)
                 if accepted:
                     current = trial
                     adopt_warm_start(current)

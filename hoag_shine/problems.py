@@ -226,6 +226,9 @@ class LogisticRegressionProblem(_PenalizedLinearProblem):
         One penalty per feature instead of a single one.
     sample_weight : array-like of shape (n_samples,), optional
         Per-sample weights of the loss.
+    classes : array-like of length 2, optional
+        The two classes in scikit-learn's order (``classes[1]`` is positive). Needed when ``y``
+        holds a single class (a small cross-validation fold); inferred from ``y`` otherwise.
 
     Attributes
     ----------
@@ -233,8 +236,16 @@ class LogisticRegressionProblem(_PenalizedLinearProblem):
         The two labels, in scikit-learn's order.
     """
 
+    def __init__(
+        self, X, y, *, fit_intercept=False, per_feature=False, sample_weight=None, classes=None
+    ):
+        self._classes_arg = classes
+        super().__init__(
+            X, y, fit_intercept=fit_intercept, per_feature=per_feature, sample_weight=sample_weight
+        )
+
     def _encode_targets(self, y):
-        signs, self.classes_ = binary_labels(y)
+        signs, self.classes_ = binary_labels(y, self._classes_arg)
         return signs
 
     def _loss(self, z):

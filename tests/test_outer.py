@@ -1,0 +1,617 @@
+"""Tests of :func:`hoag_shine.solve_bilevel` (HOAG, GD, Adam) and :class:`ToleranceSchedule`."""
+
+import itertools
+import math
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+from sklearn.datasets import load_breast_cancer
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
+
+import hoag_shine.outer
+from hoag_shine import METHODS, ToleranceSchedule, hypergradient, solve_bilevel
+from hoag_shine.criteria import HeldOutLogLoss, HeldOutMSE
+from hoag_shine.problems import LogisticRegressionProblem, RidgeProblem
+from hoag_shine.solvers import LBFGS
+
+HISTORY_KEYS = {
+    "time",
+    "log_alpha",
+    "outer_loss",
+    "grad_norm",
+    "inner_iter",
+    "backward",
+    "n_opa_evals",
+    "accepted",
+    "step_size",
+}
+
+
+@pytest.fixture(scope="module")
+def cancer_data():
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    perm = np.random.RandomState(0).permutation(len(y))
+    return X[perm], y[perm]
+
+
+@pytest.fixture(scope="module")
+def cancer(cancer_data):
+    X, y = cancer_data
+    return LogisticRegressionProblem(X[:300], y[:300]), HeldOutLogLoss(X[300:], y[300:])
+
+
+@pytest.fixture(scope="module")
+def cancer_optimum(cancer):
+    """Minimum of the held-out loss over scalar log_alpha: a grid, then a bounded 1-D search."""
+    inner, outer = cancer
+
+    def value(log_alpha):
+        return hypergradient(inner, outer, log_alpha, method="jacobian-free", tol=1e-10).value
+
+    grid = np.linspace(-5.0, 5.0, 41)
+    values = [value(g) for g in grid]
+    i = int(np.argmin(values))
+    assert 0 < i < len(grid) - 1  # an interior minimum
+    fine = minimize_scalar(
+        value, bounds=(grid[i - 1], grid[i + 1]), method="bounded", options={"xatol": 1e-4}
+    )
+    assert fine.fun <= values[i]
+    return float(fine.x), float(fine.fun), value
+
+
+@pytest.fixture(scope="module")
+def folds(cancer_data):
+    X, y = cancer_data
+    inners, outers = [], []
+    for train, test in KFold(3).split(X):
+        inners.append(LogisticRegressionProblem(X[train], y[train]))
+        outers.append(HeldOutLogLoss(X[test], y[test]))
+    return inners, outers
+
+
+def strip_time(history):
+    return [{k: v for k, v in record.items() if k != "time"} for record in history]
+
+
+def assert_same_history(h1, h2):
+    assert len(h1) == len(h2)
+    for a, b in zip(strip_time(h1), strip_time(h2), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def check_history(result, max_iter, bounds=(-25.0, 25.0)):
+    history = result.history
+    assert result.n_iter == len(history) <= max_iter
+    assert len(history) >= 1
+    times = [record["time"] for record in history]
+    assert all(t >= 0 for t in times)
+    assert all(b >= a for a, b in itertools.pairwise(times))
+    for k, record in enumerate(history):
+        assert HISTORY_KEYS <= set(record)
+        assert record["iteration"] == k
+        la = np.asarray(record["log_alpha"])
+        assert la.shape == np.shape(result.log_alpha)
+        assert np.all(la >= bounds[0]) and np.all(la <= bounds[1])
+        assert math.isfinite(record["outer_loss"]) and math.isfinite(record["grad_norm"])
+        assert record["inner_iter"] >= 0 and record["n_opa_evals"] >= 0
+        assert isinstance(record["accepted"], bool)
+        assert record["step_size"] > 0
+    # the result is the best point of the history
+    losses = [record["outer_loss"] for record in history]
+    assert result.value == min(losses)
+    np.testing.assert_array_equal(result.log_alpha, history[int(np.argmin(losses))]["log_alpha"])
+
+
+def check_hoag_rule(history, reject_increase=0.2):
+    """Replay the documented HOAG step rule on a scalar history."""
+    current = history[0]
+    step = current["step_size"]
+    for k in range(1, len(history)):
+        record = history[k]
+        assert record["step_size"] == pytest.approx(step, rel=1e-12)
+        move = abs(record["log_alpha"] - current["log_alpha"])
+        slack = 1e-13 * (1 + abs(current["log_alpha"]))  # rounding of the subtraction
+        assert move <= step * current["grad_norm"] * (1 + 1e-12) + slack  # equal unless clipped
+        loss, ref = record["outer_loss"], current["outer_loss"]
+        predicted = ref - 0.5 * step * current["grad_norm"] ** 2
+        if loss > ref + reject_increase * abs(ref):
+            assert record["accepted"] is False
+            step *= 0.5
+        else:
+            assert record["accepted"] is True
+            if loss <= predicted:
+                step *= 1.5
+            elif loss > ref:
+                step *= 0.5
+            current = record
+
+
+# --------------------------------------------------------------------------------------------
+# HOAG and the other optimizers decrease the held-out loss
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_hoag_decreases_loss(cancer, cancer_optimum, method):
+    inner, outer = cancer
+    _, best_value, value = cancer_optimum
+    result = solve_bilevel(inner, outer, -5.0, method=method, max_iter=30)
+    check_history(result, 30)
+    check_hoag_rule(result.history)
+    initial = value(-5.0)
+    assert result.value < initial
+    assert value(result.log_alpha) < 0.6 * initial  # the loss at the tight tolerance, too
+    assert np.shape(result.log_alpha) == ()
+    assert {r["backward"] for r in result.history} <= {method, f"{method}+fallback-cg"}
+    if method in ("cg", "shine-opa", "shine-refine"):
+        assert abs(result.value - best_value) <= 0.01 * best_value
+        assert abs(value(result.log_alpha) - best_value) <= 0.01 * best_value
+    if method == "shine-opa":
+        assert all(r["n_opa_evals"] > 0 for r in result.history)
+    else:
+        assert all(r["n_opa_evals"] == 0 for r in result.history)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "adam"])
+@pytest.mark.parametrize("method", ["cg", "shine-opa"])
+def test_gd_and_adam_decrease_loss(cancer, cancer_optimum, optimizer, method):
+    inner, outer = cancer
+    value = cancer_optimum[2]
+    result = solve_bilevel(inner, outer, -5.0, method=method, optimizer=optimizer, max_iter=20)
+    check_history(result, 20)
+    assert all(r["accepted"] for r in result.history)
+    losses = [r["outer_loss"] for r in result.history]
+    assert result.value < losses[0]
+    assert value(result.log_alpha) < value(-5.0)
+    if optimizer == "gd":  # a fixed step
+        assert len({r["step_size"] for r in result.history}) == 1
+    # the first move goes downhill: the held-out loss decreases with alpha at -5
+    assert result.history[1]["log_alpha"] > result.history[0]["log_alpha"]
+
+
+def test_adam_step_size_is_learning_rate(cancer):
+    inner, outer = cancer
+    result = solve_bilevel(
+        inner, outer, -5.0, method="cg", optimizer="adam", max_iter=4, step_size=0.05
+    )
+    # Adam's first bias-corrected step has length lr in each coordinate
+    moves = np.diff([r["log_alpha"] for r in result.history])
+    assert moves[0] == pytest.approx(0.05, rel=1e-6)
+    assert np.all(np.abs(moves) <= 0.06)
+
+
+@pytest.mark.parametrize("method", ["cg", "shine-opa"])
+def test_per_feature_search(cancer_data, method):
+    X, y = cancer_data
+    inner = LogisticRegressionProblem(X[:300], y[:300], per_feature=True)
+    outer = HeldOutLogLoss(X[300:], y[300:])
+    log_alpha0 = np.full(X.shape[1], -3.0)
+    result = solve_bilevel(inner, outer, log_alpha0, method=method, max_iter=10)
+    check_history(result, 10)
+    assert result.log_alpha.shape == (X.shape[1],)
+    assert result.grad.shape == (X.shape[1],)
+    assert np.all(np.isfinite(result.grad))
+    np.testing.assert_array_equal(log_alpha0, -3.0)  # not modified
+    losses = [r["outer_loss"] for r in result.history]
+    assert result.value < losses[0]
+    # records hold copies: they are not views of one another or of the result
+    history_la = [r["log_alpha"] for r in result.history]
+    assert len({id(a) for a in history_la}) == len(history_la)
+    assert not np.shares_memory(history_la[0], history_la[-1])
+    # the reported gradient is the fold's, at the returned point
+    assert result.fold_results[0].grad.shape == (X.shape[1],)
+    np.testing.assert_array_equal(result.grad, result.fold_results[0].grad)
+    assert np.linalg.norm(result.grad) == pytest.approx(
+        result.history[int(np.argmin(losses))]["grad_norm"], rel=1e-12
+    )
+
+
+def test_ridge_per_feature_search():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((150, 8))
+    w = np.zeros(8)
+    w[:3] = [2.0, -1.0, 1.5]
+    y = X @ w + 0.5 * rng.standard_normal(150)
+    inner = RidgeProblem(X[:100], y[:100], per_feature=True, fit_intercept=True)
+    outer = HeldOutMSE(X[100:], y[100:])
+    result = solve_bilevel(inner, outer, np.zeros(8), method="shine-refine", max_iter=15)
+    check_history(result, 15)
+    assert result.value < result.history[0]["outer_loss"]
+    assert result.coef[0].shape == (9,)
+
+
+# --------------------------------------------------------------------------------------------
+# History, bounds, stopping
+# --------------------------------------------------------------------------------------------
+def test_bounds_respected_and_start_clipped(cancer):
+    inner, outer = cancer
+    result = solve_bilevel(inner, outer, -8.0, method="cg", bounds=(-3.0, 3.0), max_iter=10)
+    check_history(result, 10, bounds=(-3.0, 3.0))
+    assert result.history[0]["log_alpha"] == -3.0
+    # a huge step lands on the upper bound, never beyond
+    result = solve_bilevel(
+        inner, outer, -8.0, method="cg", bounds=(-3.0, 3.0), step_size=1e4, max_iter=4
+    )
+    check_history(result, 4, bounds=(-3.0, 3.0))
+    assert result.history[1]["log_alpha"] == 3.0
+
+
+def test_bounds_per_feature(cancer_data):
+    X, y = cancer_data
+    inner = LogisticRegressionProblem(X[:300], y[:300], per_feature=True)
+    outer = HeldOutLogLoss(X[300:], y[300:])
+    log_alpha0 = np.linspace(-6.0, 6.0, X.shape[1])
+    result = solve_bilevel(
+        inner, outer, log_alpha0, method="shine-opa", bounds=(-2.0, 2.0), max_iter=5
+    )
+    check_history(result, 5, bounds=(-2.0, 2.0))
+    np.testing.assert_array_equal(result.history[0]["log_alpha"], np.clip(log_alpha0, -2, 2))
+
+
+def test_time_budget_zero(cancer):
+    inner, outer = cancer
+    result = solve_bilevel(inner, outer, -5.0, method="cg", time_budget=0.0, max_iter=10)
+    assert result.n_iter == 1
+    assert result.message == "time budget exhausted"
+    assert result.log_alpha == -5.0
+
+
+def test_max_iter_message(cancer):
+    inner, outer = cancer
+    result = solve_bilevel(inner, outer, -5.0, method="cg", max_iter=3)
+    assert result.n_iter == 3
+    assert result.message == "maximum number of iterations reached"
+    one = solve_bilevel(inner, outer, -5.0, method="cg", max_iter=1)
+    assert one.n_iter == 1
+
+
+@pytest.mark.parametrize("stop_at", [0, 2])
+def test_callback_stops(cancer, stop_at):
+    inner, outer = cancer
+    seen = []
+
+    def callback(record):
+        seen.append(record)
+        return record["iteration"] >= stop_at
+
+    result = solve_bilevel(inner, outer, -5.0, method="cg", callback=callback, max_iter=10)
+    assert result.message == "stopped by callback"
+    assert result.n_iter == stop_at + 1
+    assert len(seen) == result.n_iter
+    assert all(a is b for a, b in zip(seen, result.history, strict=True))
+
+
+def test_callback_returning_none_continues(cancer):
+    inner, outer = cancer
+    result = solve_bilevel(inner, outer, -5.0, method="cg", callback=lambda r: None, max_iter=4)
+    assert result.n_iter == 4
+
+
+def test_xtol_stop(cancer):
+    inner, outer = cancer
+    result = solve_bilevel(inner, outer, -5.0, method="cg", xtol=1e3, max_iter=10)
+    assert result.message == "step below xtol"
+    assert result.n_iter == 1
+    # at a bound with the gradient pushing outward the clipped step is zero
+    result = solve_bilevel(inner, outer, -5.0, method="cg", bounds=(-8.0, -5.0), max_iter=10)
+    assert result.message == "step below xtol"
+    assert result.n_iter == 1
+
+
+def _interrupting_callback(at):
+    calls = []
+
+    def callback(record):
+        calls.append(record)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def test_keyboard_interrupt_returns_best(cancer):
+    inner, outer = cancer
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        result = solve_bilevel(
+            inner, outer, -5.0, method="cg", callback=_interrupting_callback(3), max_iter=10
+        )
+    assert result.interrupted is True
+    assert result.message == "interrupted"
+    assert result.n_iter == 3
+    losses = [r["outer_loss"] for r in result.history]
+    # a recorded point, at least as good as those before the interrupted record
+    assert result.value in losses
+    assert result.value <= min(losses[:2])
+    np.testing.assert_array_equal(
+        result.log_alpha, result.history[losses.index(result.value)]["log_alpha"]
+    )
+    assert np.isfinite(result.value) and np.all(np.isfinite(result.grad))
+    assert result.value < losses[0]
+
+
+def test_keyboard_interrupt_best_includes_last_record(cancer):
+    inner, outer = cancer
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        result = solve_bilevel(
+            inner, outer, -5.0, method="cg", callback=_interrupting_callback(3), max_iter=10
+        )
+    losses = [r["outer_loss"] for r in result.history]
+    assert losses[2] < min(losses[:2])  # the third record is the best one
+    assert result.value == min(losses)
+
+
+def test_keyboard_interrupt_on_first_record_keeps_it(cancer):
+    inner, outer = cancer
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        result = solve_bilevel(inner, outer, -5.0, method="cg", callback=_interrupting_callback(1))
+    assert result.interrupted and result.n_iter == 1
+    assert result.log_alpha == -5.0
+    assert result.value == result.history[0]["outer_loss"]
+
+
+def test_keyboard_interrupt_before_any_evaluation_propagates(cancer, monkeypatch):
+    inner, outer = cancer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hoag_shine.outer, "hypergradient", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        solve_bilevel(inner, outer, -5.0, method="cg")
+
+
+# --------------------------------------------------------------------------------------------
+# Folds and parallelism
+# --------------------------------------------------------------------------------------------
+def test_folds_mean_value_and_grad(folds):
+    inners, outers = folds
+    schedule = ToleranceSchedule("constant", initial=1e-10)
+    result = solve_bilevel(inners, outers, -1.0, method="cg", max_iter=1, tol_schedule=schedule)
+    individual = [
+        hypergradient(i, o, -1.0, method="cg", tol=1e-10)
+        for i, o in zip(inners, outers, strict=True)
+    ]
+    assert result.value == pytest.approx(np.mean([r.value for r in individual]), rel=1e-12)
+    assert result.grad == pytest.approx(np.mean([r.grad for r in individual]), rel=1e-12)
+    record = result.history[0]
+    assert record["outer_loss"] == result.value
+    assert record["grad_norm"] == pytest.approx(abs(float(result.grad)), rel=1e-12)
+    assert record["inner_iter"] == sum(r.info["inner_iter"] for r in individual)
+    assert len(result.coef) == len(result.fold_results) == 3
+    for fold, ref in zip(result.fold_results, individual, strict=True):
+        np.testing.assert_allclose(fold.coef, ref.coef, rtol=1e-12)
+    # the folds differ, so the mean is not trivially one of them
+    assert np.ptp([r.value for r in individual]) > 1e-3
+
+
+def test_folds_mismatch_raises(folds):
+    inners, outers = folds
+    with pytest.raises(ValueError, match="pair up"):
+        solve_bilevel(inners, outers[:2], 0.0)
+    with pytest.raises(ValueError, match="pair up"):
+        solve_bilevel([], [], 0.0)
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_n_jobs_gives_identical_history(folds, backend):
+    inners, outers = folds
+    kwargs = {"method": "shine-opa", "max_iter": 6}
+    serial = solve_bilevel(inners, outers, -3.0, n_jobs=1, **kwargs)
+    with joblib.parallel_config(backend=backend):
+        parallel = solve_bilevel(inners, outers, -3.0, n_jobs=2, **kwargs)
+    assert_same_history(serial.history, parallel.history)
+    assert serial.value == parallel.value
+
+
+def test_warnings_from_parallel_folds_reach_caller(folds):
+    inners, outers = folds
+    with joblib.parallel_config(backend="threading"):
+        with pytest.warns(ConvergenceWarning, match="Inner solver"):
+            result = solve_bilevel(
+                inners,
+                outers,
+                0.0,
+                method="cg",
+                max_iter=2,
+                n_jobs=2,
+                hypergradient_options={"solver": LBFGS(max_iter=2)},
+            )
+    assert np.isfinite(result.value)
+
+
+def test_deterministic(cancer):
+    inner, outer = cancer
+    runs = [solve_bilevel(inner, outer, -4.0, method="shine-opa", max_iter=12) for _ in range(2)]
+    assert_same_history(runs[0].history, runs[1].history)
+    assert runs[0].message == runs[1].message
+
+
+# --------------------------------------------------------------------------------------------
+# HOAG's step rule
+# --------------------------------------------------------------------------------------------
+def test_huge_step_rejected_and_halved(cancer, monkeypatch):
+    inner, outer = cancer
+    used = []
+    original = hoag_shine.outer.hypergradient
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["tol"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hoag_shine.outer, "hypergradient", spy)
+    schedule = ToleranceSchedule.default_for("cg")
+    result = solve_bilevel(
+        inner, outer, -5.0, method="cg", step_size=300.0, bounds=(-10.0, 10.0), max_iter=8
+    )
+    h = result.history
+    check_hoag_rule(h)
+    assert h[0]["step_size"] == 300.0 and h[1]["step_size"] == 300.0
+    assert h[1]["outer_loss"] > 1.2 * h[0]["outer_loss"]
+    assert h[1]["accepted"] is False
+    assert h[2]["step_size"] == 150.0
+    # the next candidate starts again from the accepted point, with half the step
+    first_move = h[0]["step_size"] * h[0]["grad_norm"]
+    assert h[1]["log_alpha"] == min(-5.0 + first_move, 10.0)
+    assert h[2]["log_alpha"] == pytest.approx(min(-5.0 + first_move / 2, 10.0), rel=1e-12)
+    # the tolerance is halved too: the third evaluation used half the scheduled tolerance
+    assert used[:3] == pytest.approx([schedule(0), schedule(1), 0.5 * schedule(2)], rel=1e-12)
+    # eventually a step is accepted and the loss decreases
+    assert any(r["accepted"] for r in h[2:])
+    assert result.value < h[0]["outer_loss"]
+
+
+def test_history_inner_tol_is_tolerance_used(cancer, monkeypatch):
+    inner, outer = cancer
+    used = []
+    original = hoag_shine.outer.hypergradient
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["tol"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hoag_shine.outer, "hypergradient", spy)
+    result = solve_bilevel(
+        inner, outer, -5.0, method="cg", step_size=300.0, bounds=(-10.0, 10.0), max_iter=4
+    )
+    assert result.history[1]["accepted"] is False
+    assert len(used) == result.n_iter
+    assert [r["inner_tol"] for r in result.history] == used
+
+
+def test_inner_tol_follows_schedule(cancer, monkeypatch):
+    inner, outer = cancer
+    used = []
+    original = hoag_shine.outer.hypergradient
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["tol"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hoag_shine.outer, "hypergradient", spy)
+    schedule = ToleranceSchedule("quadratic", initial=1e-4)
+    result = solve_bilevel(
+        inner, outer, -2.0, method="shine", optimizer="gd", tol_schedule=schedule, max_iter=5
+    )
+    assert used == [schedule(k) for k in range(result.n_iter)]
+    assert [r["inner_tol"] for r in result.history] == used
+
+
+def test_warm_start_saves_inner_iterations(cancer):
+    inner, outer = cancer
+    result = solve_bilevel(
+        inner,
+        outer,
+        0.0,
+        method="cg",
+        optimizer="gd",
+        step_size=1.0,
+        xtol=0.0,
+        max_iter=5,
+        tol_schedule=ToleranceSchedule("constant", initial=1e-8),
+    )
+    assert result.n_iter == 5
+    moves = np.abs(np.diff([r["log_alpha"] for r in result.history]))
+    assert np.all(moves > 1e-3)
+    iters = [r["inner_iter"] for r in result.history]
+    assert all(k < 0.7 * iters[0] for k in iters[1:])
+    cg_iters = [r["cg_iter"] for r in result.history]
+    assert all(k < cg_iters[0] for k in cg_iters[1:])
+
+
+@pytest.mark.parametrize("method", ["cg", "shine-opa"])
+def test_warm_start_memory(cancer, cancer_optimum, method, monkeypatch):
+    inner, outer = cancer
+    best_value = cancer_optimum[1]
+    calls = []
+    original = hoag_shine.outer.hypergradient
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hoag_shine.outer, "hypergradient", spy)
+    result = solve_bilevel(inner, outer, -5.0, method=method, max_iter=30, warm_start_memory=True)
+    check_history(result, 30)
+    check_hoag_rule(result.history)
+    assert abs(result.value - best_value) <= 0.01 * best_value
+    assert "memory" not in calls[0]
+    # later solves get the memory of the current point, tagged with its log_alpha
+    assert len(calls) == result.n_iter
+    current = result.history[0]
+    for kwargs, record in zip(calls[1:], result.history[1:], strict=True):
+        assert kwargs["memory"] is not None
+        assert float(kwargs["memory_log_alpha"]) == current["log_alpha"]
+        np.testing.assert_array_equal(kwargs["coef0"].shape, (inner.n_params,))
+        if record["accepted"]:
+            current = record
+
+
+# --------------------------------------------------------------------------------------------
+# ToleranceSchedule and argument validation
+# --------------------------------------------------------------------------------------------
+def test_tolerance_schedule_values():
+    exp = ToleranceSchedule("exponential", initial=1e-2, rate=0.5)
+    assert [exp(k) for k in range(4)] == pytest.approx([1e-2, 5e-3, 2.5e-3, 1.25e-3], rel=1e-14)
+    quad = ToleranceSchedule("quadratic", initial=1e-2)
+    assert [quad(k) for k in range(3)] == pytest.approx([1e-2, 1e-2 / 4, 1e-2 / 9], rel=1e-14)
+    cubic = ToleranceSchedule("cubic", initial=1e-2)
+    assert [cubic(k) for k in range(3)] == pytest.approx([1e-2, 1e-2 / 8, 1e-2 / 27], rel=1e-14)
+    const = ToleranceSchedule("constant", initial=3e-4)
+    assert {const(k) for k in range(10)} == {3e-4}
+    floored = ToleranceSchedule("exponential", initial=1e-3, rate=0.1, floor=2e-6)
+    assert floored(2) == pytest.approx(1e-5, rel=1e-14)
+    assert floored(3) == 2e-6 and floored(50) == 2e-6
+    assert ToleranceSchedule("cubic", initial=1.0, floor=1e-3)(100) == 1e-3
+    default = ToleranceSchedule()
+    assert default.kind == "exponential" and default(0) == 1e-3
+
+
+def test_tolerance_schedule_default_for():
+    assert ToleranceSchedule.default_for("cg").rate == 0.9
+    assert ToleranceSchedule.default_for("jacobian-free").rate == 0.9
+    for method in ("shine", "shine-opa", "shine-refine"):
+        assert ToleranceSchedule.default_for(method).rate == 0.78
+    assert ToleranceSchedule.default_for("cg").initial == 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kind": "linear"},
+        {"initial": 0.0},
+        {"initial": -1e-3},
+        {"rate": 0.0},
+        {"rate": 1.5},
+        {"floor": 0.0},
+    ],
+)
+def test_tolerance_schedule_invalid(kwargs):
+    with pytest.raises(ValueError):
+        ToleranceSchedule(**kwargs)
+
+
+def test_solve_bilevel_invalid_arguments(cancer):
+    inner, outer = cancer
+    with pytest.raises(ValueError, match="optimizer"):
+        solve_bilevel(inner, outer, 0.0, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="Unknown hypergradient method"):
+        solve_bilevel(inner, outer, 0.0, method="exact")
+    for bounds in [(1.0, 1.0), (2.0, -2.0)]:
+        with pytest.raises(ValueError, match="bounds"):
+            solve_bilevel(inner, outer, 0.0, bounds=bounds)
+    with pytest.raises(ValueError, match="max_iter"):
+        solve_bilevel(inner, outer, 0.0, max_iter=0)
+    with pytest.raises(ValueError, match="step_size"):
+        solve_bilevel(inner, outer, 0.0, step_size=-1.0)
+    with pytest.raises(ValueError, match="finite"):
+        solve_bilevel(inner, outer, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="single log_alpha"):
+            solve_bilevel(inner, outer, np.zeros(3))
