@@ -10,6 +10,8 @@ __all__ = [
     "logistic_loss",
     "logistic_loss_and_derivative",
     "logistic_loss_derivative",
+    "softmax_cross_entropy",
+    "softmax_hessian_product",
     "squared_loss",
     "squared_loss_derivative",
 ]
@@ -39,6 +41,32 @@ def logistic_curvature(z: np.ndarray) -> np.ndarray:
     """Second derivative of :func:`logistic_loss` in ``z``: ``sigma(z) (1 - sigma(z))``."""
     p = expit(z)
     return p * (1.0 - p)
+
+
+def softmax_cross_entropy(z: np.ndarray, labels: np.ndarray):
+    """Cross-entropy of the softmax of each row of ``z`` against integer ``labels``.
+
+    Returns the per-sample loss ``logsumexp(z_i) - z_{i, y_i}``, its derivative
+    ``softmax(z) - onehot(y)`` and the probabilities ``softmax(z)`` (stable for any ``z``).
+    """
+    shifted = z - z.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    total = exp.sum(axis=1, keepdims=True)
+    proba = exp / total
+    rows = np.arange(z.shape[0])
+    loss = np.log(total[:, 0]) - shifted[rows, labels]
+    derivative = proba.copy()
+    derivative[rows, labels] -= 1.0
+    return loss, derivative, proba
+
+
+def softmax_hessian_product(proba: np.ndarray, dz: np.ndarray) -> np.ndarray:
+    """Per-sample Hessian of the cross-entropy in ``z`` applied to ``dz``.
+
+    ``(diag(p) - p p^T) dz = p * dz - p (p . dz)`` for each row.
+    """
+    pdz = proba * dz
+    return pdz - proba * pdz.sum(axis=1, keepdims=True)
 
 
 def squared_loss(z: np.ndarray, y: np.ndarray) -> np.ndarray:

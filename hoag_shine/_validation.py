@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.utils import check_array, check_consistent_length
 from sklearn.utils.multiclass import type_of_target
 
-__all__ = ["binary_labels", "check_data", "check_sample_weight"]
+__all__ = ["check_data", "check_sample_weight", "class_labels"]
 
 
 def check_data(X, y, *, dtype=(np.float64, np.float32)):
@@ -37,21 +37,26 @@ def check_sample_weight(sample_weight, n_samples: int, dtype) -> np.ndarray | No
     return w
 
 
-def binary_labels(y, classes=None) -> tuple[np.ndarray, np.ndarray]:
-    """Map two labels to {-1, +1} as scikit-learn does (``classes[1]`` is the positive class).
+def class_labels(y, classes=None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode class labels as scikit-learn's logistic regression does.
+
+    Two classes map to {-1, +1} (``classes[1]`` is the positive class); three or more map to
+    their index in ``classes`` (for the multinomial model).
 
     Parameters
     ----------
     y : array-like
         Labels.
-    classes : array-like of length 2, optional
-        The two classes, in order. Needed when ``y`` holds only one of them (a small
-        validation fold); inferred from ``y`` otherwise.
+    classes : array-like, optional
+        The classes, in order. Needed when ``y`` lacks some of them (a small cross-validation
+        fold); ``np.unique(y)`` otherwise.
 
     Returns
     -------
-    signs : ndarray of float64 in {-1, +1}
-    classes : ndarray of the two classes
+    targets : ndarray
+        float64 signs in {-1, +1} for two classes, int64 indices otherwise.
+    classes : ndarray
+        The classes.
     """
     y = np.asarray(y)
     if y.dtype.kind in "fc" and not np.all(np.isfinite(y)):
@@ -61,19 +66,17 @@ def binary_labels(y, classes=None) -> tuple[np.ndarray, np.ndarray]:
         if target not in ("binary", "multiclass"):
             raise ValueError(f"Classification needs discrete labels, got target type {target!r}.")
         classes = np.unique(y)
-        if classes.shape[0] < 2:
-            raise ValueError(
-                f"Binary classification needs two classes in y, got only {classes.tolist()}."
-            )
     else:
         classes = np.asarray(classes)
         unknown = np.setdiff1d(np.unique(y), classes)
         if unknown.size:
             raise ValueError(f"y contains labels {unknown.tolist()} not in classes.")
-    if classes.shape[0] != 2:
+    if classes.shape[0] < 2:
         raise ValueError(
-            f"Binary classification needs exactly two classes, got {classes.shape[0]}: "
-            f"{classes.tolist()}."
+            f"Classification needs at least two classes, got only {classes.tolist()}; pass "
+            "classes= when a subset of the data lacks some of them."
         )
-    signs = np.where(y == classes[1], 1.0, -1.0)
-    return signs, classes
+    if classes.shape[0] == 2:
+        return np.where(y == classes[1], 1.0, -1.0), classes
+    order = np.argsort(classes)
+    return order[np.searchsorted(classes, y, sorter=order)].astype(np.int64), classes

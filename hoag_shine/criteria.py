@@ -10,8 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from ._linear import LinearDesign
-from ._losses import logistic_loss, logistic_loss_derivative, squared_loss, squared_loss_derivative
-from ._validation import binary_labels, check_data, check_sample_weight
+from ._losses import (
+    logistic_loss_and_derivative,
+    softmax_cross_entropy,
+    squared_loss,
+    squared_loss_derivative,
+)
+from ._validation import check_data, check_sample_weight, class_labels
 
 __all__ = ["HeldOutLogLoss", "HeldOutMSE"]
 
@@ -21,30 +26,29 @@ class _HeldOutCriterion:
 
     #: Factor between the per-sample loss helper and the reported loss.
     _scale = 1.0
+    #: Number of linear outputs of the model (see :class:`~hoag_shine._linear.LinearDesign`).
+    n_outputs = 1
 
     def __init__(self, X, y, *, sample_weight=None):
         X, y = check_data(X, y)
-        self.design = LinearDesign(X)
         self.n_samples, self.n_features = X.shape
         weights = check_sample_weight(sample_weight, self.n_samples, np.float64)
         if weights is None:
             weights = np.ones(self.n_samples)
         self._weights = weights / weights.sum()
         self.y = self._encode_targets(y)
+        self.design = LinearDesign(X, self.n_outputs)
 
     def _encode_targets(self, y):
         raise NotImplementedError
 
-    def _loss(self, z):
-        raise NotImplementedError
-
-    def _loss_derivative(self, z):
+    def _loss_and_derivative(self, z):
         raise NotImplementedError
 
     def value(self, w) -> float:
         """Held-out loss of the coefficient ``w``."""
         z = self.design.decision(np.asarray(w, dtype=np.float64))
-        return self._scale * float(np.dot(self._weights, self._loss(z)))
+        return self._scale * float(np.dot(self._weights, self._loss_and_derivative(z)[0]))
 
     def grad(self, w) -> np.ndarray:
         """Gradient of the held-out loss in ``w``."""
@@ -55,15 +59,19 @@ class _HeldOutCriterion:
         w = np.asarray(w, dtype=np.float64)
         intercept = self.design.has_intercept(w)
         z = self.design.decision(w)
-        value = self._scale * float(np.dot(self._weights, self._loss(z)))
-        residual = self._scale * self._weights * self._loss_derivative(z)
+        loss, derivative = self._loss_and_derivative(z)
+        value = self._scale * float(np.dot(self._weights, loss))
+        weights = self._weights if derivative.ndim == 1 else self._weights[:, np.newaxis]
+        residual = self._scale * weights * derivative
         return value, self.design.transpose_product(residual, intercept)
 
 
 class HeldOutLogLoss(_HeldOutCriterion):
     """Mean held-out logistic loss ``mean_i log(1 + exp(-y_i x_i . w))``.
 
-    Equal to :func:`sklearn.metrics.log_loss` of the model's probabilities.
+    Equal to :func:`sklearn.metrics.log_loss` of the model's probabilities. With three or more
+    classes it is the multinomial cross-entropy of the softmax, for the coefficient layout of
+    :class:`~hoag_shine.problems.LogisticRegressionProblem`.
 
     Parameters
     ----------
@@ -71,9 +79,9 @@ class HeldOutLogLoss(_HeldOutCriterion):
         Held-out data.
     y : array-like of shape (n_samples,)
         Held-out labels.
-    classes : array-like of length 2, optional
-        The two classes in scikit-learn's order (``classes[1]`` positive). Needed when ``y``
-        holds a single class; must match the inner problem's ``classes_``.
+    classes : array-like, optional
+        The classes in scikit-learn's order (with two, ``classes[1]`` is positive). Needed
+        when ``y`` lacks some class; must match the inner problem's ``classes_``.
     sample_weight : array-like of shape (n_samples,), optional
         Weights of the mean.
     """
@@ -83,14 +91,16 @@ class HeldOutLogLoss(_HeldOutCriterion):
         super().__init__(X, y, sample_weight=sample_weight)
 
     def _encode_targets(self, y):
-        signs, self.classes_ = binary_labels(y, self._classes_arg)
-        return signs
+        targets, self.classes_ = class_labels(y, self._classes_arg)
+        n_classes = self.classes_.shape[0]
+        self.n_outputs = 1 if n_classes == 2 else n_classes
+        return targets
 
-    def _loss(self, z):
-        return logistic_loss(z, self.y)
-
-    def _loss_derivative(self, z):
-        return logistic_loss_derivative(z, self.y)
+    def _loss_and_derivative(self, z):
+        if self.n_outputs == 1:
+            return logistic_loss_and_derivative(z, self.y)
+        loss, derivative, _ = softmax_cross_entropy(z, self.y)
+        return loss, derivative
 
 
 class HeldOutMSE(_HeldOutCriterion):
@@ -116,8 +126,5 @@ class HeldOutMSE(_HeldOutCriterion):
             raise ValueError("y must be finite.")
         return y
 
-    def _loss(self, z):
-        return squared_loss(z, self.y)
-
-    def _loss_derivative(self, z):
-        return squared_loss_derivative(z, self.y)
+    def _loss_and_derivative(self, z):
+        return squared_loss(z, self.y), squared_loss_derivative(z, self.y)

@@ -1,7 +1,7 @@
 """The scikit-learn layer: :class:`BilevelEstimator`, a meta-estimator that tunes the L2 penalty.
 
-:class:`BilevelEstimator` wraps scikit-learn's ``LogisticRegression`` (binary, L2 penalty) or
-``Ridge`` (one target), builds one inner problem and one held-out criterion per
+:class:`BilevelEstimator` wraps scikit-learn's ``LogisticRegression`` (binary or multinomial,
+L2 penalty) or ``Ridge`` (one target), builds one inner problem and one held-out criterion per
 cross-validation fold, minimizes the mean held-out loss over ``log_alpha`` with
 :func:`~hoag_shine.solve_bilevel`, then refits on all the data with the library's own
 warm-started L-BFGS and installs the coefficients into a clone of the wrapped estimator, so that
@@ -44,7 +44,7 @@ from sklearn.utils import get_tags
 from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from .criteria import HeldOutLogLoss, HeldOutMSE
@@ -74,7 +74,8 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
 REFIT_TOL = 1e-8
 
 _SUPPORTED = (
-    "sklearn.linear_model.LogisticRegression (binary, L2 penalty: l1_ratio=0, finite C, "
+    "sklearn.linear_model.LogisticRegression (binary or multinomial, L2 penalty: l1_ratio=0, "
+    "finite C, "
     "solver other than 'liblinear', dual=False) and sklearn.linear_model.Ridge "
     "(one target, scalar alpha, positive=False)"
 )
@@ -285,7 +286,8 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
     estimator : LogisticRegression or Ridge
         The model to tune (not modified). Supported: scikit-learn's ``LogisticRegression``
         with the L2 penalty (``l1_ratio=0``), finite ``C``, ``dual=False`` and any solver but
-        ``'liblinear'`` (binary targets; ``fit_intercept`` and ``class_weight`` are honoured),
+        ``'liblinear'`` (binary, or multinomial for three or more classes; ``fit_intercept``
+        and ``class_weight`` are honoured),
         and ``Ridge`` with a scalar ``alpha``, ``positive=False`` and one target. The inner
         objectives are exactly theirs (``alpha = 1/C`` for the logistic model), so the solver
         options of the wrapped estimator are not used.
@@ -437,8 +439,6 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         tags.estimator_type = sub.estimator_type
         tags.classifier_tags = deepcopy(sub.classifier_tags)
         tags.regressor_tags = deepcopy(sub.regressor_tags)
-        if tags.classifier_tags is not None:
-            tags.classifier_tags.multi_class = False  # binary only for now
         tags.target_tags.multi_output = False
         tags.target_tags.single_output = True
         tags.input_tags.sparse = True
@@ -486,13 +486,6 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
                 raise ValueError(
                     f"Classification needs samples of at least 2 classes; got 1 class "
                     f"({classes[0]!r})."
-                )
-            y_type = type_of_target(y, input_name="y")
-            if y_type != "binary":
-                raise ValueError(
-                    f"Only binary classification is supported. The type of the target is "
-                    f"{y_type!r} ({classes.shape[0]} classes): multinomial logistic regression "
-                    "is not supported yet."
                 )
             self.classes_ = classes
 
@@ -696,8 +689,10 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
                 stacklevel=3,
             )
         w = np.asarray(state.x, dtype=np.float64)
-        coef = w[:n_features] if (n_features := X.shape[1]) < w.shape[0] else w
-        intercept = float(w[-1]) if spec.fit_intercept else 0.0
+        n_features, n_outputs = X.shape[1], problem.n_outputs
+        # The flat w holds coef as (n_features, n_outputs) row-major, then the intercepts.
+        coef = w[: n_features * n_outputs].reshape(n_features, n_outputs)
+        intercept = w[n_features * n_outputs :] if spec.fit_intercept else np.zeros(n_outputs)
 
         model = clone(self.estimator)
         if self.per_feature:
@@ -705,17 +700,18 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
             # the same predictions and the same (now scalar) penalty.
             root = np.exp(0.5 * log_alpha)
             model.set_params(**{spec.param: 1.0})
-            coef = coef * root
+            coef = coef * root[:, np.newaxis]
         else:
             model.set_params(**{spec.param: float(spec.param_value(log_alpha))})
         if spec.is_classifier:
-            model.coef_ = coef.reshape(1, -1).copy()
-            model.intercept_ = np.array([intercept])
+            # scikit-learn's layout: (1, n_features) for two classes, else (n_classes, ...).
+            model.coef_ = np.ascontiguousarray(coef.T)
+            model.intercept_ = intercept.copy()
             model.classes_ = self.classes_.copy()
             model.n_iter_ = np.array([state.n_iter], dtype=np.int32)
         else:
-            model.coef_ = coef.copy()
-            model.intercept_ = intercept
+            model.coef_ = coef[:, 0].copy()
+            model.intercept_ = float(intercept[0])
             model.n_iter_ = None
         model.n_features_in_ = n_features
         if not self.per_feature:

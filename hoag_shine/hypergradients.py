@@ -18,10 +18,16 @@ The strategies differ in how they obtain ``q`` (the adjoint):
 ``"jacobian-free"``
     ``q = v`` (``H^{-1} ~ I``): a cheap baseline.
 
-The SHINE variants are checked by a safeguard (one Hessian-vector product): when ``q`` is not
-finite, has non-positive curvature or ``v^T q <= 0``, or its relative residual
-``||H q - v|| / ||v||`` exceeds ``safeguard_threshold``, a CG solve replaces it and
-``info["backward"]`` says so.
+The SHINE variants are checked by a safeguard that costs one Hessian-vector product. With
+``beta = v^T H q / ||H q||^2``, the scale that minimizes ``||beta H q - v||``:
+
+- when ``q`` is not finite, ``q^T H q <= 0`` or ``beta <= 0``, or when the residual of the best
+  multiple of ``q``, ``||beta H q - v|| / ||v||`` (the sine of the angle between ``H q`` and
+  ``v``), exceeds ``safeguard_threshold``, a CG solve replaces ``q`` (``"+fallback-cg"``);
+- otherwise, when ``beta`` lies outside ``[1/2, 2]`` (the norm of ``q`` is off), ``q`` is
+  rescaled to ``beta q`` (``"+rescaled"``).
+
+``info["backward"]`` says which happened.
 """
 
 from __future__ import annotations
@@ -72,7 +78,8 @@ class HypergradientResult:
     info : dict
         Diagnostics: ``method``, ``backward`` (what produced ``q``, fallbacks included),
         ``inner_iter``, ``inner_converged``, ``n_fun_evals``, ``n_opa_evals``, ``n_hvp``,
-        ``cg_iter``, ``adjoint_residual`` (relative, when computed), ``time_inner``,
+        ``cg_iter``, ``adjoint_residual`` (relative, when computed), ``adjoint_scale``
+        (the safeguard's ``beta``, when computed), ``time_inner``,
         ``time_backward`` (seconds), ``warnings`` (``(category, message)`` pairs).
     """
 
@@ -150,7 +157,7 @@ def hypergradient(
     cg_max_iter: int = 1000,
     refine_iter: int = 5,
     safeguard: bool = True,
-    safeguard_threshold: float = 1.0,
+    safeguard_threshold: float = 0.9,
     emit_warnings: bool = True,
 ) -> HypergradientResult:
     """Solve the inner problem and return the hypergradient of the outer criterion.
@@ -191,7 +198,8 @@ def hypergradient(
     safeguard : bool
         Check SHINE's adjoint and fall back to CG when it is unusable.
     safeguard_threshold : float
-        Largest accepted relative residual ``||H q - v|| / ||v||`` of SHINE's adjoint.
+        Largest accepted residual ``||beta H q - v|| / ||v||`` of the best multiple of SHINE's
+        adjoint (see the module docstring).
     emit_warnings : bool
         Emit the warnings below. When False they are only collected in
         ``info["warnings"]`` as ``(category, message)`` pairs, for callers running in worker
@@ -271,9 +279,14 @@ def hypergradient(
         q = state.inverse_hessian.matvec(v)
         if method == "shine-refine":
             q = run_cg(q, refine_iter, warn=False)
-        if safeguard and not _adjoint_is_usable(q, v, hessian, safeguard_threshold, info):
-            info["backward"] = f"{method}+fallback-cg"
-            q = run_cg(q0, cg_max_iter)
+        if safeguard:
+            verdict, scale = _check_adjoint(q, v, hessian, safeguard_threshold, info)
+            if verdict == "fallback":
+                info["backward"] = f"{method}+fallback-cg"
+                q = run_cg(q0, cg_max_iter)
+            elif verdict == "rescale":
+                info["backward"] = f"{method}+rescaled"
+                q = scale * q
 
     grad = np.asarray(-np.asarray(inner.cross_vjp(w, la, q))).reshape(np.shape(log_alpha))
     info.update(
@@ -292,15 +305,29 @@ def hypergradient(
     return HypergradientResult(value=value, grad=grad, coef=w, q=q, inner_state=state, info=info)
 
 
-def _adjoint_is_usable(q, v, hessian, threshold: float, info: dict) -> bool:
-    """The safeguard's test of an approximate adjoint ``q ~ H^{-1} v`` (one HVP)."""
+#: The safeguard rescales SHINE's adjoint when its minimal-residual scale is outside this band.
+_RESCALE_BAND = (0.5, 2.0)
+
+
+def _check_adjoint(q, v, hessian, threshold: float, info: dict) -> tuple[str, float]:
+    """The safeguard's verdict on ``q ~ H^{-1} v``: "keep", "rescale" or "fallback" (one HVP).
+
+    Returns the verdict and the minimal-residual scale ``beta``.
+    """
     if not all_finite(q) or dot(q, v) <= 0:
-        return False
+        return "fallback", 1.0
     hq = hessian(q)
-    curvature = dot(q, hq)
-    residual = norm(hq - v) / max(norm(v), np.finfo(float).tiny)
-    info["adjoint_residual"] = residual
-    return math.isfinite(curvature) and curvature > 0 and residual <= threshold
+    curvature, hq_norm2 = dot(q, hq), dot(hq, hq)
+    if not (math.isfinite(curvature) and curvature > 0 and hq_norm2 > 0):
+        return "fallback", 1.0
+    beta = dot(v, hq) / hq_norm2
+    residual = norm(beta * hq - v) / max(norm(v), np.finfo(float).tiny)
+    info["adjoint_scale"], info["adjoint_residual"] = beta, residual
+    if not (beta > 0 and residual <= threshold):
+        return "fallback", beta
+    if not (_RESCALE_BAND[0] <= beta <= _RESCALE_BAND[1]):
+        return "rescale", beta
+    return "keep", beta
 
 
 def finite_difference_hypergradient(

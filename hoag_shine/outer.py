@@ -91,7 +91,10 @@ class BilevelResult:
     Attributes
     ----------
     log_alpha : ndarray
-        Best hyperparameter found (lowest outer loss evaluated).
+        Best hyperparameter found: of the lowest-loss evaluated point and the last accepted
+        iterate, the one with the lower loss when both are evaluated again at the final inner
+        tolerance (losses measured at looser tolerances early in the search are not
+        comparable). After an interrupt, simply the lowest-loss evaluated point.
     value : float
         Outer loss (mean over folds) at ``log_alpha``.
     grad : ndarray
@@ -110,6 +113,9 @@ class BilevelResult:
         Why the search stopped.
     interrupted : bool
         True when a ``KeyboardInterrupt`` ended the search (the best point is kept).
+    n_final_evaluations : int
+        Evaluations spent after the search to choose ``log_alpha`` (0 or 2; not in
+        ``history``).
     fold_results : list of HypergradientResult
         Per-fold results at ``log_alpha``.
     """
@@ -122,6 +128,7 @@ class BilevelResult:
     n_iter: int
     message: str
     interrupted: bool = False
+    n_final_evaluations: int = 0
     fold_results: list[HypergradientResult] = field(default_factory=list, repr=False)
 
 
@@ -289,8 +296,17 @@ def solve_bilevel(
                     fold_warm["memory"] = result.inner_state.memory
                     fold_warm["memory_log_alpha"] = evaluation.log_alpha
 
+        def final_choice(best, current, k) -> tuple[_Evaluation, int]:
+            # Early losses are measured at loose inner tolerances and can be underestimated:
+            # compare the best point with the last accepted iterate at the final tolerance.
+            if best is current:
+                return best, 0
+            candidates = [evaluate(point.log_alpha, k) for point in (best, current)]
+            return min(candidates, key=lambda evaluation: evaluation.value), len(candidates)
+
         message = "maximum number of iterations reached"
         interrupted = False
+        n_final = 0
         best = current = None
         try:
             current = evaluate(log_alpha, 0)
@@ -334,6 +350,7 @@ def solve_bilevel(
                 if accepted:
                     current = trial
                     adopt_warm_start(current)
+            best, n_final = final_choice(best, current, len(history))
         except KeyboardInterrupt:
             if best is None:
                 raise
@@ -354,6 +371,7 @@ def solve_bilevel(
         n_iter=len(history),
         message=message,
         interrupted=interrupted,
+        n_final_evaluations=n_final,
         fold_results=best.folds,
     )
 

@@ -5,7 +5,8 @@
 ``b`` an optional unpenalized intercept stored as the last entry of ``w``.
 
 - :class:`LogisticRegressionProblem` is scikit-learn's ``LogisticRegression(C=1/alpha)``
-  objective (L2 penalty), with the two labels mapped to {-1, +1} as scikit-learn does.
+  objective (L2 penalty): binary with the two labels mapped to {-1, +1} as scikit-learn does,
+  multinomial (softmax, one coefficient column per class) for three or more classes.
 - :class:`RidgeProblem` is half of scikit-learn's ``Ridge(alpha=alpha)`` objective, so both
   have the same minimizer.
 
@@ -22,13 +23,13 @@ from ._array import axpy
 from ._linear import LinearDesign
 from ._losses import (
     logistic_curvature,
-    logistic_loss,
     logistic_loss_and_derivative,
-    logistic_loss_derivative,
+    softmax_cross_entropy,
+    softmax_hessian_product,
     squared_loss,
     squared_loss_derivative,
 )
-from ._validation import binary_labels, check_data, check_sample_weight
+from ._validation import check_data, check_sample_weight, class_labels
 
 __all__ = ["LOG_ALPHA_LIMIT", "LogisticRegressionProblem", "RidgeProblem"]
 
@@ -41,30 +42,29 @@ class _PenalizedLinearProblem:
 
     def __init__(self, X, y, *, fit_intercept=False, per_feature=False, sample_weight=None):
         X, y = check_data(X, y)
-        self.design = LinearDesign(X)
         self.n_samples, self.n_features = X.shape
         self.fit_intercept = bool(fit_intercept)
         self.per_feature = bool(per_feature)
         self.sample_weight = check_sample_weight(sample_weight, self.n_samples, np.float64)
-        self.y = self._encode_targets(y)
+        self.y = self._encode_targets(y)  # sets n_outputs for the multinomial model
+        self.design = LinearDesign(X, self.n_outputs)
         self._gradient_scale = None
         self._penalty_cache = (None, None)
+
+    #: Number of linear outputs (columns of the coefficient matrix).
+    n_outputs = 1
 
     # -- loss-specific part ------------------------------------------------------------------
     def _encode_targets(self, y):
         raise NotImplementedError
 
-    def _loss(self, z):
-        raise NotImplementedError
-
-    def _loss_derivative(self, z):
-        raise NotImplementedError
-
-    def _curvature(self, z):
-        raise NotImplementedError
-
     def _loss_and_derivative(self, z):
-        return self._loss(z), self._loss_derivative(z)
+        """Per-sample losses and their derivatives in the prediction ``z``."""
+        raise NotImplementedError
+
+    def _loss_hessian(self, z):
+        """``dz -> (d^2 loss / dz^2) dz`` per sample, at the prediction ``z``."""
+        raise NotImplementedError
 
     # -- shapes and hyperparameters ----------------------------------------------------------
     @property
@@ -74,8 +74,9 @@ class _PenalizedLinearProblem:
 
     @property
     def n_params(self) -> int:
-        """Length of the coefficient vector (features, plus one for an intercept)."""
-        return self.n_features + int(self.fit_intercept)
+        """Length of the flat coefficient vector: ``n_features * n_outputs`` coefficients
+        (row-major ``(n_features, n_outputs)``), then ``n_outputs`` intercepts if fitted."""
+        return self.design.n_coef + self.n_outputs * int(self.fit_intercept)
 
     @property
     def hyper_shape(self) -> tuple[int, ...]:
@@ -122,10 +123,12 @@ class _PenalizedLinearProblem:
         la = self.check_log_alpha(log_alpha)
         key = la.tobytes()
         if self._penalty_cache[0] != key:
-            weights = np.empty(self.n_params)
-            weights[: self.n_features] = np.exp(la)
-            if self.fit_intercept:
-                weights[-1] = 0.0
+            weights = np.zeros(self.n_params)  # intercepts are not penalized
+            # Row j of the coefficient matrix belongs to feature j.
+            alpha = np.exp(la)
+            weights[: self.design.n_coef] = (
+                np.repeat(alpha, self.n_outputs) if self.per_feature else alpha
+            )
             weights.flags.writeable = False
             self._penalty_cache = (key, weights)
         return self._penalty_cache[1]
@@ -138,7 +141,11 @@ class _PenalizedLinearProblem:
 
     # -- objective ---------------------------------------------------------------------------
     def _weighted(self, values):
-        return values if self.sample_weight is None else self.sample_weight * values
+        if self.sample_weight is None:
+            return values
+        if values.ndim == 2:
+            return self.sample_weight[:, np.newaxis] * values
+        return self.sample_weight * values
 
     def value(self, w, log_alpha) -> float:
         """Objective ``r(w, log_alpha)``."""
@@ -156,14 +163,15 @@ class _PenalizedLinearProblem:
         loss, derivative = self._loss_and_derivative(z)
         data_term = float(np.sum(self._weighted(loss)))
         grad = self.design.transpose_product(self._weighted(derivative), self.fit_intercept)
-        coef = w[: self.n_features]
+        n_coef = self.design.n_coef
+        coef = w[:n_coef]
         if self.per_feature:
-            penalty_grad = penalty[: self.n_features] * coef
-            grad[: self.n_features] += penalty_grad
+            penalty_grad = penalty[:n_coef] * coef
+            grad[:n_coef] += penalty_grad
             penalty_value = float(np.dot(penalty_grad, coef))
         else:  # scalar alpha: in place, no temporary of the size of w
             alpha = float(penalty[0])
-            axpy(alpha, coef, grad[: self.n_features])
+            axpy(alpha, coef, grad[:n_coef])
             penalty_value = alpha * float(np.dot(coef, coef))
         return data_term + 0.5 * penalty_value, grad
 
@@ -171,13 +179,12 @@ class _PenalizedLinearProblem:
         """``v -> H v`` at ``w``, with the loss curvature computed once for many products."""
         w = self._check_coef(w)
         penalty = self.penalty_weights(log_alpha)
-        curvature = self._weighted(self._curvature(self.design.decision(w)))
-        design, intercept = self.design, self.fit_intercept
+        loss_hessian = self._loss_hessian(self.design.decision(w))
+        design, intercept, weighted = self.design, self.fit_intercept, self._weighted
 
         def hvp(v):
-            return design.transpose_product(curvature * design.decision(v), intercept) + (
-                penalty * v
-            )
+            dz = weighted(loss_hessian(design.decision(v)))
+            return design.transpose_product(dz, intercept) + penalty * v
 
         return hvp
 
@@ -189,51 +196,65 @@ class _PenalizedLinearProblem:
         """``(d^2 r / d log_alpha d w)^T q``, of the shape of ``log_alpha``.
 
         ``d/d log_alpha_j`` of the gradient is ``alpha_j w_j e_j``; contracted with ``q`` it is
-        ``alpha_j w_j q_j`` per feature, or their sum for a scalar penalty.
+        ``alpha_j w_j q_j`` per feature (summed over the outputs of feature ``j``), or the sum
+        of all of them for a scalar penalty.
         """
         w = self._check_coef(w)
-        la = self.check_log_alpha(log_alpha)
-        alpha = np.exp(la)
-        per_coord = alpha * w[: self.n_features] * np.asarray(q)[: self.n_features]
-        return per_coord if self.per_feature else np.asarray(per_coord.sum())
+        n_coef = self.design.n_coef
+        penalty = self.penalty_weights(log_alpha)[:n_coef]
+        per_coord = penalty * w[:n_coef] * np.asarray(q, dtype=np.float64)[:n_coef]
+        if not self.per_feature:
+            return np.asarray(per_coord.sum())
+        return per_coord.reshape(self.n_features, self.n_outputs).sum(axis=1)
 
     @property
     def gradient_scale(self) -> float:
         """``||grad r(0)||``, independent of ``log_alpha``: the scale of relative tolerances."""
         if self._gradient_scale is None:
             zero = self.init_coef()
-            residual = self._weighted(self._loss_derivative(self.design.decision(zero)))
+            residual = self._weighted(self._loss_and_derivative(self.design.decision(zero))[1])
             g = self.design.transpose_product(residual, self.fit_intercept)
             self._gradient_scale = max(float(np.linalg.norm(g)), np.finfo(np.float64).tiny)
         return self._gradient_scale
 
 
 class LogisticRegressionProblem(_PenalizedLinearProblem):
-    """Binary L2-regularized logistic regression, scikit-learn's objective with ``C = 1/alpha``.
+    """L2-regularized logistic regression, scikit-learn's objective with ``C = 1/alpha``.
 
-    ``r(w, log_alpha) = sum_i s_i log(1 + exp(-y_i (x_i . coef + b))) + alpha/2 ||coef||^2``
-    (per feature: ``1/2 sum_j alpha_j coef_j^2``), labels mapped to {-1, +1}.
+    Two classes (binary, labels mapped to {-1, +1}):
+    ``r(w, log_alpha) = sum_i s_i log(1 + exp(-y_i (x_i . coef + b))) + alpha/2 ||coef||^2``.
+
+    Three or more classes (multinomial, like scikit-learn's ``LogisticRegression``):
+    ``r = sum_i s_i [logsumexp(z_i) - z_{i, y_i}] + alpha/2 ||coef||_F^2`` with
+    ``z_i = x_i coef + b``, ``coef`` of shape ``(n_features, n_classes)`` (flattened row-major
+    in ``w``, followed by the ``n_classes`` intercepts). The intercepts are defined up to a common
+    shift (the softmax ignores it); the coefficients are unique.
+
+    Per feature, ``alpha_j`` penalizes row ``j`` of ``coef``.
 
     Parameters
     ----------
     X : {array-like, sparse matrix} of shape (n_samples, n_features)
         Training data; sparse input stays sparse (CSR).
     y : array-like of shape (n_samples,)
-        Two distinct labels of any type; ``classes_[1]`` is the positive class.
+        Labels of any type; with two classes ``classes_[1]`` is the positive class.
     fit_intercept : bool, default=False
         Add an unpenalized intercept, stored as the last coefficient.
     per_feature : bool, default=False
         One penalty per feature instead of a single one.
     sample_weight : array-like of shape (n_samples,), optional
         Per-sample weights of the loss.
-    classes : array-like of length 2, optional
-        The two classes in scikit-learn's order (``classes[1]`` is positive). Needed when ``y``
-        holds a single class (a small cross-validation fold); inferred from ``y`` otherwise.
+    classes : array-like, optional
+        The classes in scikit-learn's order (sorted; with two, ``classes[1]`` is positive).
+        Needed when ``y`` lacks some class (a small cross-validation fold); ``np.unique(y)``
+        otherwise.
 
     Attributes
     ----------
-    classes_ : ndarray of shape (2,)
-        The two labels, in scikit-learn's order.
+    classes_ : ndarray of shape (n_classes,)
+        The labels, in scikit-learn's order.
+    n_outputs : int
+        1 for two classes, ``n_classes`` for the multinomial model.
     """
 
     def __init__(
@@ -245,20 +266,23 @@ class LogisticRegressionProblem(_PenalizedLinearProblem):
         )
 
     def _encode_targets(self, y):
-        signs, self.classes_ = binary_labels(y, self._classes_arg)
-        return signs
-
-    def _loss(self, z):
-        return logistic_loss(z, self.y)
-
-    def _loss_derivative(self, z):
-        return logistic_loss_derivative(z, self.y)
+        targets, self.classes_ = class_labels(y, self._classes_arg)
+        n_classes = self.classes_.shape[0]
+        self.n_outputs = 1 if n_classes == 2 else n_classes
+        return targets
 
     def _loss_and_derivative(self, z):
-        return logistic_loss_and_derivative(z, self.y)
+        if self.n_outputs == 1:
+            return logistic_loss_and_derivative(z, self.y)
+        loss, derivative, _ = softmax_cross_entropy(z, self.y)
+        return loss, derivative
 
-    def _curvature(self, z):
-        return logistic_curvature(z)
+    def _loss_hessian(self, z):
+        if self.n_outputs == 1:
+            curvature = logistic_curvature(z)
+            return lambda dz: curvature * dz
+        proba = softmax_cross_entropy(z, self.y)[2]
+        return lambda dz: softmax_hessian_product(proba, dz)
 
 
 class RidgeProblem(_PenalizedLinearProblem):
@@ -286,11 +310,8 @@ class RidgeProblem(_PenalizedLinearProblem):
             raise ValueError("y must be finite.")
         return y
 
-    def _loss(self, z):
-        return squared_loss(z, self.y)
+    def _loss_and_derivative(self, z):
+        return squared_loss(z, self.y), squared_loss_derivative(z, self.y)
 
-    def _loss_derivative(self, z):
-        return squared_loss_derivative(z, self.y)
-
-    def _curvature(self, z):
-        return np.ones_like(z)
+    def _loss_hessian(self, z):
+        return lambda dz: dz

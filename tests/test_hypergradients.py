@@ -310,11 +310,6 @@ def test_safeguard_threshold_forces_fallback(cancer, method):
 def test_safeguard_catches_bad_inverse_and_false_keeps_raw(cancer):
     inner, outer, _, ref = cancer
     solver = LBFGS(memory_size=1)
-    res = hypergradient(inner, outer, 0.0, method="shine", tol=1e-10, solver=solver)
-    assert res.info["backward"] == "shine+fallback-cg"
-    assert res.info["adjoint_residual"] <= 1e-10
-    assert rel_err(res.grad, ref["grad"]) < 1e-6
-
     raw = hypergradient(
         inner, outer, 0.0, method="shine", tol=1e-10, solver=solver, safeguard=False
     )
@@ -323,9 +318,52 @@ def test_safeguard_catches_bad_inverse_and_false_keeps_raw(cancer):
     v = outer.grad(raw.coef)
     np.testing.assert_allclose(raw.q, raw.inner_state.inverse_hessian.matvec(v), rtol=1e-12)
     assert rel_err(raw.q, ref["q"]) > 0.1  # the bad estimate really is bad
-    # the safeguard's residual test would have rejected it
+
+    # The safeguard's minimal-residual scale, computed independently.
     Hq = ref["H"] @ raw.q
-    assert np.linalg.norm(Hq - v) / np.linalg.norm(v) > 1.0
+    beta = (v @ Hq) / (Hq @ Hq)
+    residual = np.linalg.norm(beta * Hq - v) / np.linalg.norm(v)
+
+    checked = hypergradient(inner, outer, 0.0, method="shine", tol=1e-10, solver=solver)
+    assert checked.info["adjoint_scale"] == pytest.approx(beta, rel=1e-8)
+    assert checked.info["adjoint_residual"] == pytest.approx(residual, rel=1e-8)
+    if residual > 0.9:
+        assert checked.info["backward"] == "shine+fallback-cg"
+    elif not 0.5 <= beta <= 2.0:
+        assert checked.info["backward"] == "shine+rescaled"
+        np.testing.assert_allclose(checked.q, beta * raw.q, rtol=1e-7)
+    else:
+        assert checked.info["backward"] == "shine"
+
+    # A threshold no estimate can meet forces the CG fallback, which is exact.
+    strict = hypergradient(
+        inner, outer, 0.0, method="shine", tol=1e-10, solver=solver, safeguard_threshold=1e-12
+    )
+    assert strict.info["backward"] == "shine+fallback-cg"
+    assert strict.info["adjoint_residual"] <= 1e-10
+    assert rel_err(strict.grad, ref["grad"]) < 1e-6
+
+
+def test_safeguard_rescales_a_badly_scaled_estimate(cancer):
+    from hoag_shine.hypergradients import _check_adjoint
+
+    ref = cancer[3]
+    H = ref["H"]
+    v = H @ ref["q"]  # the exact adjoint solves H q = v
+    info = {}
+    # The right direction with a norm 20 times too small: kept, but rescaled exactly.
+    verdict, beta = _check_adjoint(0.05 * ref["q"], v, lambda x: H @ x, 0.9, info)
+    assert verdict == "rescale"
+    assert beta == pytest.approx(20.0, rel=1e-8)
+    assert info["adjoint_residual"] < 1e-8
+    # Within a factor 2: kept as it is.
+    assert _check_adjoint(0.7 * ref["q"], v, lambda x: H @ x, 0.9, {})[0] == "keep"
+    # An orthogonal-ish direction: residual above the threshold, CG fallback.
+    other = np.linalg.solve(H, np.roll(v, 7))
+    assert _check_adjoint(other, v, lambda x: H @ x, 0.1, {})[0] == "fallback"
+    # Negative curvature or non-finite values: fallback.
+    assert _check_adjoint(-ref["q"], v, lambda x: H @ x, 0.9, {})[0] == "fallback"
+    assert _check_adjoint(ref["q"] * np.nan, v, lambda x: H @ x, 0.9, {})[0] == "fallback"
 
 
 # --------------------------------------------------------------------------------------------

@@ -473,8 +473,10 @@ def test_logistic_label_errors():
         LogisticRegressionProblem(X, np.ones(30))
     with pytest.raises(ValueError, match="two classes"):
         LogisticRegressionProblem(X, np.full(30, "spam"))
-    with pytest.raises(ValueError, match="exactly two classes, got 3"):
-        LogisticRegressionProblem(X, np.arange(30) % 3)
+    # Three classes give the multinomial model (one coefficient column per class).
+    multinomial = LogisticRegressionProblem(X, np.arange(30) % 3)
+    assert multinomial.n_outputs == 3
+    assert multinomial.n_params == 3 * X.shape[1]
     with pytest.raises(ValueError, match="discrete labels"):
         LogisticRegressionProblem(X, np.linspace(0, 1, 30))
 
@@ -595,8 +597,10 @@ def test_held_out_log_loss_needs_classes_for_one_class_fold():
     assert flipped.value(w) == pytest.approx(np.mean(np.logaddexp(0, X @ w)), rel=1e-12)
     with pytest.raises(ValueError, match="not in classes"):
         HeldOutLogLoss(X, y, classes=[0, 2])
-    with pytest.raises(ValueError, match="exactly two classes"):
-        HeldOutLogLoss(X, y, classes=[0, 1, 2])
+    # A third class makes it the multinomial criterion, expecting one column per class.
+    assert HeldOutLogLoss(X, y, classes=[0, 1, 2]).n_outputs == 3
+    with pytest.raises(ValueError, match="at least two classes"):
+        HeldOutLogLoss(X, np.zeros_like(y), classes=[0])
     with pytest.raises(ValueError, match="does not fit 3 features"):
         HeldOutLogLoss(X, y).value(np.zeros(5))
 
