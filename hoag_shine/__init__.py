@@ -7,6 +7,10 @@ The functional core:
 - :func:`solve_bilevel` runs the outer optimization (HOAG, gradient descent or Adam);
 - :func:`check_hypergradient` compares a hypergradient with finite differences;
 - :class:`BilevelEstimator` is the scikit-learn meta-estimator built on them.
+
+They run unchanged on numpy arrays and on torch tensors (CPU or CUDA): the backend is the inner
+problem's, see :mod:`hoag_shine.backends` (``make_problem`` and ``make_criterion`` build either;
+``TorchProblem`` tunes any differentiable torch objective).
 """
 
 from .estimator import EXPECTED_FAILED_CHECKS, BilevelEstimator

@@ -87,7 +87,19 @@ def _tune(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``hoag-shine`` command."""
+    """Entry point of the ``hoag-shine`` command (also ``python -m hoag_shine``).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments without the program name; ``sys.argv[1:]`` by default. With no
+        subcommand, ``tune`` is run.
+
+    Returns
+    -------
+    int
+        The exit status (0 on success).
+    """
     parser = argparse.ArgumentParser(
         prog="hoag-shine",
         description="Gradient-based tuning of regularization (HOAG, SHINE, OPA).",

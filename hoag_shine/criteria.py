@@ -46,16 +46,50 @@ class _HeldOutCriterion:
         raise NotImplementedError
 
     def value(self, w) -> float:
-        """Held-out loss of the coefficient ``w``."""
+        """Held-out loss of the coefficient ``w``.
+
+        Parameters
+        ----------
+        w : ndarray of shape (n_params,)
+            Coefficient vector in the layout of the inner problem (an intercept, when the model
+            has one, at the end).
+
+        Returns
+        -------
+        float
+        """
         z = self.design.decision(np.asarray(w, dtype=np.float64))
         return self._scale * float(np.dot(self._weights, self._loss_and_derivative(z)[0]))
 
     def grad(self, w) -> np.ndarray:
-        """Gradient of the held-out loss in ``w``."""
+        """Gradient of the held-out loss in ``w``.
+
+        Parameters
+        ----------
+        w : ndarray of shape (n_params,)
+            Coefficient vector in the layout of the inner problem (an intercept, when the model
+            has one, at the end).
+
+        Returns
+        -------
+        ndarray of the shape of ``w``
+        """
         return self.value_and_grad(w)[1]
 
     def value_and_grad(self, w) -> tuple[float, np.ndarray]:
-        """Held-out loss and its gradient in ``w``."""
+        """Held-out loss and its gradient in ``w``.
+
+        Parameters
+        ----------
+        w : ndarray of shape (n_params,)
+            Coefficient vector in the layout of the inner problem (an intercept, when the model
+            has one, at the end).
+
+        Returns
+        -------
+        value : float
+        grad : ndarray of the shape of ``w``
+        """
         w = np.asarray(w, dtype=np.float64)
         intercept = self.design.has_intercept(w)
         z = self.design.decision(w)
@@ -67,7 +101,7 @@ class _HeldOutCriterion:
 
 
 class HeldOutLogLoss(_HeldOutCriterion):
-    """Mean held-out logistic loss ``mean_i log(1 + exp(-y_i x_i . w))``.
+    """Mean held-out logistic loss ``mean_i log(1 + exp(-y_i x_i^T w))``.
 
     Equal to :func:`sklearn.metrics.log_loss` of the model's probabilities. With three or more
     classes it is the multinomial cross-entropy of the softmax, for the coefficient layout of
@@ -104,7 +138,7 @@ class HeldOutLogLoss(_HeldOutCriterion):
 
 
 class HeldOutMSE(_HeldOutCriterion):
-    """Mean held-out squared error ``mean_i (y_i - x_i . w)^2`` (no factor 1/2).
+    """Mean held-out squared error ``mean_i (y_i - x_i^T w)^2`` (no factor 1/2).
 
     Equal to :func:`sklearn.metrics.mean_squared_error`.
 

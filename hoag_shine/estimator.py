@@ -47,6 +47,8 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from ._array import namespace, to_numpy
+from .backends import BACKENDS, check_backend, make_criterion, make_problem
 from .criteria import HeldOutLogLoss, HeldOutMSE
 from .hypergradients import METHODS
 from .outer import OPTIMIZERS, ToleranceSchedule, solve_bilevel
@@ -57,7 +59,6 @@ __all__ = ["EXPECTED_FAILED_CHECKS", "BilevelEstimator"]
 
 logger = logging.getLogger("hoag_shine")
 
-#: scikit-learn checks that cannot pass for this meta-estimator (check name -> reason).
 _SAMPLE_WEIGHT_REASON = (
     "The tuned penalty comes from an iterative search at inexact inner tolerances (HOAG). "
     "Integer weights and repeated samples define the same objectives, but their sums round "
@@ -65,6 +66,7 @@ _SAMPLE_WEIGHT_REASON = (
     "to about 1e-6, the predictions to about 1e-6 relative: beyond the check's rtol=1e-7 "
     "(Ridge often passes anyway). tests/test_estimator.py checks the equivalence at rtol=1e-6."
 )
+#: scikit-learn checks that cannot pass for this meta-estimator (check name -> reason).
 EXPECTED_FAILED_CHECKS: dict[str, str] = {
     "check_sample_weight_equivalence_on_dense_data": _SAMPLE_WEIGHT_REASON,
     "check_sample_weight_equivalence_on_sparse_data": _SAMPLE_WEIGHT_REASON,
@@ -97,15 +99,21 @@ class _Spec:
     def is_classifier(self) -> bool:
         return self.kind == "logistic"
 
-    def problem(self, X, y, *, per_feature, sample_weight, classes=None):
+    def problem(self, X, y, *, per_feature, sample_weight, classes=None, backend=None):
         options = dict(
             fit_intercept=self.fit_intercept, per_feature=per_feature, sample_weight=sample_weight
         )
+        if backend is not None:  # torch: {"backend": "torch", "device": ..., "dtype": ...}
+            return make_problem(self.kind, X, y, classes=classes, **options, **backend)
         if self.is_classifier:
             return LogisticRegressionProblem(X, y, classes=classes, **options)
         return RidgeProblem(X, y, **options)
 
-    def criterion(self, X, y, *, classes, sample_weight):
+    def criterion(self, X, y, *, classes, sample_weight, backend=None):
+        if backend is not None:
+            return make_criterion(
+                self.kind, X, y, classes=classes, sample_weight=sample_weight, **backend
+            )
         if self.is_classifier:
             return HeldOutLogLoss(X, y, classes=classes, sample_weight=sample_weight)
         return HeldOutMSE(X, y, sample_weight=sample_weight)
@@ -334,6 +342,17 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
     refit : bool, default=True
         Refit the wrapped estimator on all the data at the best hyperparameter
         (``best_estimator_``) and enable ``predict`` and the other delegated methods.
+    backend : {"numpy", "torch"}, default="numpy"
+        Array backend of the inner problems and criteria (see :mod:`hoag_shine.backends`):
+        numpy/scipy, or torch (dense or sparse CSR tensors on ``device``; needs PyTorch). The
+        search and the fitted model are the same; ``best_estimator_`` is always a
+        scikit-learn estimator with numpy coefficients.
+    device : str or torch.device, default=None
+        Torch device of the computation, e.g. ``"cuda"`` (``backend="torch"`` only; None: the
+        CPU).
+    dtype : {None, "float64", "float32"}, default=None
+        Floating dtype of the torch computation (None: float64; float32 is faster on GPUs but
+        limits the inner tolerance to about 1e-6). The numpy backend computes in float64.
 
     Attributes
     ----------
@@ -366,7 +385,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         The class labels (classifiers only).
     n_features_in_ : int
         Number of features seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features seen during ``fit``, when ``X`` has string column names.
 
     Examples
@@ -398,6 +417,9 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         "verbose": ["verbose"],
         "callbacks": [None, callable, list],
         "refit": ["boolean"],
+        "backend": [StrOptions(set(BACKENDS))],
+        "device": "no_validation",  # checked in fit (a str or a torch.device)
+        "dtype": "no_validation",  # checked in fit (float64 or float32, any spelling)
     }
 
     def __init__(
@@ -417,6 +439,9 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         verbose=0,
         callbacks=None,
         refit=True,
+        backend="numpy",
+        device=None,
+        dtype=None,
     ):
         self.estimator = estimator
         self.cv = cv
@@ -432,6 +457,9 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         self.verbose = verbose
         self.callbacks = callbacks
         self.refit = refit
+        self.backend = backend
+        self.device = device
+        self.dtype = dtype
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -466,6 +494,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         self : BilevelEstimator
         """
         spec = _inspect_estimator(self.estimator)
+        backend = self._backend()
         for stale in ("best_estimator_", "penalties_", "classes_"):  # from an earlier fit
             self.__dict__.pop(stale, None)
         X, y = validate_data(
@@ -496,13 +525,17 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
 
         inners, outers = [], []
         for k, (train, val) in enumerate(splits):
-            inners.append(self._fold_problem(X, y, weights, train, k, spec, classes))
+            inners.append(self._fold_problem(X, y, weights, train, k, spec, classes, backend))
             w_val = None if weights is None else weights[val]
             if w_val is not None and not np.any(w_val > 0):
                 raise ValueError(
                     f"The validation part of fold {k} has no sample with positive weight."
                 )
-            outers.append(spec.criterion(X[val], y[val], classes=classes, sample_weight=w_val))
+            outers.append(
+                spec.criterion(
+                    X[val], y[val], classes=classes, sample_weight=w_val, backend=backend
+                )
+            )
 
         schedule = self._schedule()
         progress = _Progress(self._callbacks(), self.verbose, self.max_outer_iter, spec)
@@ -544,7 +577,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
             )
 
         if self.refit:
-            self.best_estimator_ = self._refit(X, y, weights, result, spec)
+            self.best_estimator_ = self._refit(X, y, weights, result, spec, backend)
         return self
 
     def _sample_weights(self, X, y, sample_weight, spec, classes):
@@ -623,14 +656,24 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
                 raise ValueError(f"Fold {k} of cv has an empty training or validation part.")
         return splits
 
-    def _fold_problem(self, X, y, weights, train, k, spec, classes):
+    def _backend(self):
+        """None for numpy; the validated torch options (device, dtype) for torch."""
+        options = check_backend(self.backend, self.device, self.dtype)
+        return {"backend": self.backend, **options} if self.backend != "numpy" else None
+
+    def _fold_problem(self, X, y, weights, train, k, spec, classes, backend=None):
         X_train, y_train = X[train], y[train]
         w_train = None if weights is None else weights[train]
         if w_train is not None and not np.any(w_train > 0):
             raise ValueError(f"The training part of fold {k} has no sample with positive weight.")
         # classes: a training fold may hold a single class.
         return spec.problem(
-            X_train, y_train, per_feature=self.per_feature, sample_weight=w_train, classes=classes
+            X_train,
+            y_train,
+            per_feature=self.per_feature,
+            sample_weight=w_train,
+            classes=classes,
+            backend=backend,
         )
 
     def _schedule(self) -> ToleranceSchedule:
@@ -652,7 +695,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
                 raise TypeError(f"callbacks must be callables, got {callback!r}.")
         return callbacks
 
-    def _refit(self, X, y, weights, result, spec: _Spec):
+    def _refit(self, X, y, weights, result, spec: _Spec, backend=None):
         """Solve on all the data and install the solution in a clone of the estimator.
 
         The solve starts from the mean of the folds' solutions with the first fold's L-BFGS
@@ -662,7 +705,12 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         log_alpha = np.asarray(result.log_alpha, dtype=np.float64)
         classes_or_none = self.classes_ if spec.is_classifier else None
         problem = spec.problem(
-            X, y, per_feature=self.per_feature, sample_weight=weights, classes=classes_or_none
+            X,
+            y,
+            per_feature=self.per_feature,
+            sample_weight=weights,
+            classes=classes_or_none,
+            backend=backend,
         )
         solver = LBFGS(
             memory_size=10,
@@ -670,7 +718,8 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
             max_iter=max(1000, spec.max_iter),
         )
         memory = result.fold_results[0].inner_state.memory if result.fold_results else None
-        starts = [(np.mean(result.coef, axis=0), memory), (problem.init_coef(), None)]
+        xp = namespace(*result.coef)  # numpy arrays or torch tensors (on the device)
+        starts = [(xp.mean(xp.stack(result.coef), axis=0), memory), (problem.init_coef(), None)]
         state = None
         for coef0, start_memory in starts:
             attempt = solver.run(
@@ -688,7 +737,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        w = np.asarray(state.x, dtype=np.float64)
+        w = np.asarray(to_numpy(state.x), dtype=np.float64)
         n_features, n_outputs = X.shape[1], problem.n_outputs
         # The flat w holds coef as (n_features, n_outputs) row-major, then the intercepts.
         coef = w[: n_features * n_outputs].reshape(n_features, n_outputs)

@@ -19,15 +19,21 @@ The strategies differ in how they obtain ``q`` (the adjoint):
     ``q = v`` (``H^{-1} ~ I``): a cheap baseline.
 
 The SHINE variants are checked by a safeguard that costs one Hessian-vector product. With
-``beta = v^T H q / ||H q||^2``, the scale that minimizes ``||beta H q - v||``:
+``beta = v^T H q / ||H q||^2``, the scale that minimizes ``||beta H q - v||``, and
+``beta_E = q^T v / q^T H q``, the scale that minimizes the error in the ``H`` norm:
 
 - when ``q`` is not finite, ``q^T H q <= 0`` or ``beta <= 0``, or when the residual of the best
   multiple of ``q``, ``||beta H q - v|| / ||v||`` (the sine of the angle between ``H q`` and
   ``v``), exceeds ``safeguard_threshold``, a CG solve replaces ``q`` (``"+fallback-cg"``);
-- otherwise, when ``beta`` lies outside ``[1/2, 2]`` (the norm of ``q`` is off), ``q`` is
-  rescaled to ``beta q`` (``"+rescaled"``).
+- otherwise, when both ``beta`` and ``beta_E`` lie outside ``[1/2, 2]`` on the same side (the
+  norm of ``q`` is off), ``q`` is rescaled to ``beta_E q`` (``"+rescaled"``).
 
 ``info["backward"]`` says which happened.
+
+Backends: the strategies only use vector operations (:mod:`hoag_shine._array`) and the
+problem's and criterion's methods, so they run unchanged on numpy arrays and on torch tensors
+(:mod:`hoag_shine.backends`); ``w``, ``v`` and ``q`` stay in the problem's backend and on its
+device, ``log_alpha`` and the hypergradient live on the host as numpy arrays.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from ._array import all_finite, dot, norm
+from ._array import all_finite, as_like, copy, dot, norm, to_numpy
 from .solvers import LBFGS, LBFGSMemory, LBFGSState, conjugate_gradient
 
 __all__ = [
@@ -68,25 +74,28 @@ class HypergradientResult:
     value : float
         Outer criterion at the inner solution.
     grad : ndarray
-        ``d outer / d log_alpha``, of the shape of ``log_alpha``.
-    coef : ndarray
-        Inner solution ``w*(log_alpha)``.
-    q : ndarray
-        The adjoint ``~ H^{-1} grad_w outer`` that was used (a warm start for the next CG).
+        ``d outer / d log_alpha``, of the shape of ``log_alpha``: a float64 numpy array on the
+        host, whatever the problem's backend (like ``log_alpha``).
+    coef : array
+        Inner solution ``w*(log_alpha)``, in the problem's backend (a numpy array, or a torch
+        tensor on the problem's device).
+    q : array
+        The adjoint ``~ H^{-1} grad_w outer`` that was used (a warm start for the next CG), in
+        the problem's backend.
     inner_state : LBFGSState
         The inner solver's state, with its memory (a warm start for the next solve).
     info : dict
         Diagnostics: ``method``, ``backward`` (what produced ``q``, fallbacks included),
         ``inner_iter``, ``inner_converged``, ``n_fun_evals``, ``n_opa_evals``, ``n_hvp``,
         ``cg_iter``, ``adjoint_residual`` (relative, when computed), ``adjoint_scale``
-        (the safeguard's ``beta``, when computed), ``time_inner``,
+        (the safeguard's ``beta_E``, when computed), ``time_inner``,
         ``time_backward`` (seconds), ``warnings`` (``(category, message)`` pairs).
     """
 
     value: float
     grad: np.ndarray
-    coef: np.ndarray
-    q: np.ndarray
+    coef: Any
+    q: Any
     inner_state: LBFGSState = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -175,16 +184,17 @@ def hypergradient(
     tol : float
         Inner tolerance, relative to the problem's gradient scale: L-BFGS stops when
         ``||grad_w r|| <= tol * ||grad_w r(0)||``.
-    coef0 : ndarray, optional
-        Warm start of the inner solution (not modified).
+    coef0 : array, optional
+        Warm start of the inner solution (not modified); converted to the backend, dtype and
+        device of ``inner.init_coef()`` when it differs (numpy or torch).
     memory : LBFGSMemory, optional
         Warm start of the L-BFGS memory (copied, not modified).
     memory_log_alpha : float or ndarray, optional
         The ``log_alpha`` at which ``memory`` was built. When given (and the problem has
         ``penalty_weights``), the pairs are corrected exactly for the change of the quadratic
         penalty: ``y += (alpha - alpha_memory) * s``.
-    q0 : ndarray, optional
-        Warm start of the CG adjoint solve.
+    q0 : array, optional
+        Warm start of the CG adjoint solve (converted like ``coef0``).
     solver : LBFGS, optional
         Inner solver configuration; its ``tol`` is replaced as described above. Defaults to
         :func:`default_solver` of ``method``.
@@ -226,7 +236,12 @@ def hypergradient(
         tol=tol * inner.gradient_scale,
         opa_freq=base.opa_freq if method == "shine-opa" else None,
     )
-    coef0 = inner.init_coef() if coef0 is None else np.array(coef0, dtype=np.float64)
+    # The problem's zero vector fixes the backend, dtype and device; warm starts are brought
+    # to them (a numpy warm start for a torch problem, say).
+    zero = inner.init_coef()
+    coef0 = zero if coef0 is None else as_like(coef0, zero)
+    if q0 is not None:
+        q0 = as_like(q0, zero)
 
     if memory is not None and memory_log_alpha is not None and hasattr(inner, "penalty_weights"):
         memory = memory.shifted(inner.penalty_weights(la) - inner.penalty_weights(memory_log_alpha))
@@ -274,7 +289,7 @@ def hypergradient(
     if method == "cg":
         q = run_cg(q0, cg_max_iter)
     elif method == "jacobian-free":
-        q = v.copy()
+        q = copy(v)
     else:
         q = state.inverse_hessian.matvec(v)
         if method == "shine-refine":
@@ -288,7 +303,9 @@ def hypergradient(
                 info["backward"] = f"{method}+rescaled"
                 q = scale * q
 
-    grad = np.asarray(-np.asarray(inner.cross_vjp(w, la, q))).reshape(np.shape(log_alpha))
+    # The hypergradient has the size of log_alpha and lives on the host, like log_alpha.
+    cross = np.asarray(to_numpy(inner.cross_vjp(w, la, q)), dtype=np.float64)
+    grad = np.asarray(-cross).reshape(np.shape(log_alpha))
     info.update(
         inner_iter=state.n_iter,
         inner_converged=state.converged,
@@ -312,7 +329,13 @@ _RESCALE_BAND = (0.5, 2.0)
 def _check_adjoint(q, v, hessian, threshold: float, info: dict) -> tuple[str, float]:
     """The safeguard's verdict on ``q ~ H^{-1} v``: "keep", "rescale" or "fallback" (one HVP).
 
-    Returns the verdict and the minimal-residual scale ``beta``.
+    Two scales of ``q`` are compared: ``beta_residual = v.Hq / Hq.Hq`` minimizes the residual
+    ``||beta H q - v||`` (it weighs errors by ``H^2``, so high-curvature directions dominate) and
+    ``beta_energy = q.v / q.Hq`` minimizes the error in the ``H`` norm (one CG step along
+    ``q``; 1 for the exact adjoint). ``q`` is rescaled, by ``beta_energy``, only when both say
+    that its norm is off by more than the band, in the same direction.
+
+    Returns the verdict and the scale to apply.
     """
     if not all_finite(q) or dot(q, v) <= 0:
         return "fallback", 1.0
@@ -320,14 +343,16 @@ def _check_adjoint(q, v, hessian, threshold: float, info: dict) -> tuple[str, fl
     curvature, hq_norm2 = dot(q, hq), dot(hq, hq)
     if not (math.isfinite(curvature) and curvature > 0 and hq_norm2 > 0):
         return "fallback", 1.0
-    beta = dot(v, hq) / hq_norm2
-    residual = norm(beta * hq - v) / max(norm(v), np.finfo(float).tiny)
-    info["adjoint_scale"], info["adjoint_residual"] = beta, residual
-    if not (beta > 0 and residual <= threshold):
-        return "fallback", beta
-    if not (_RESCALE_BAND[0] <= beta <= _RESCALE_BAND[1]):
-        return "rescale", beta
-    return "keep", beta
+    beta_residual = dot(v, hq) / hq_norm2
+    beta_energy = dot(q, v) / curvature
+    residual = norm(beta_residual * hq - v) / max(norm(v), np.finfo(float).tiny)
+    info["adjoint_scale"], info["adjoint_residual"] = beta_energy, residual
+    if not (beta_residual > 0 and residual <= threshold):
+        return "fallback", beta_energy
+    low, high = _RESCALE_BAND
+    if (beta_residual < low and beta_energy < low) or (beta_residual > high and beta_energy > high):
+        return "rescale", beta_energy
+    return "keep", beta_energy
 
 
 def finite_difference_hypergradient(

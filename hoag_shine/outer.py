@@ -14,6 +14,11 @@ loss is only known to the inner tolerance) but halves the step, which stops the 
 published rule allows; any other step is accepted as it is. Unlike the published code,
 each accepted step is applied once, and the test compares the candidate with the current point
 (not with a lagged one).
+
+The loop is backend-agnostic: ``log_alpha``, the hypergradients and the history are numpy arrays
+and floats on the host, while each fold's inner solution, adjoint and L-BFGS memory stay in its
+problem's backend and device (numpy, or torch on a CPU or GPU, see :mod:`hoag_shine.backends`)
+and are carried there from one outer iteration to the next.
 """
 
 from __future__ import annotations
@@ -80,7 +85,17 @@ class ToleranceSchedule:
 
     @classmethod
     def default_for(cls, method: str) -> ToleranceSchedule:
-        """Exponential decay at 0.9 for exact CG, 0.78 for the SHINE variants (as published)."""
+        """Exponential decay at 0.9 for exact CG, 0.78 for the SHINE variants (as published).
+
+        Parameters
+        ----------
+        method : str
+            Hypergradient method (see :data:`~hoag_shine.hypergradients.METHODS`).
+
+        Returns
+        -------
+        ToleranceSchedule
+        """
         return cls(rate=0.78 if method.startswith("shine") else 0.9)
 
 

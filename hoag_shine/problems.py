@@ -91,6 +91,21 @@ class _PenalizedLinearProblem:
         """Validate ``log_alpha`` and return it as a float64 array of shape ``hyper_shape``.
 
         A scalar problem accepts a number or an array of shape ``(1,)``.
+
+        Parameters
+        ----------
+        log_alpha : float or array-like
+            Log of the penalty: one value, or one per feature for a per-feature problem.
+
+        Returns
+        -------
+        ndarray of shape ``hyper_shape``
+            ``log_alpha`` as float64.
+
+        Raises
+        ------
+        ValueError
+            For a wrong shape, a non-finite value, or ``|log_alpha| > LOG_ALPHA_LIMIT``.
         """
         la = np.asarray(log_alpha, dtype=np.float64)
         if self.per_feature:
@@ -119,6 +134,16 @@ class _PenalizedLinearProblem:
 
         The result is cached for the last ``log_alpha`` (solvers call this at every step); do
         not modify it.
+
+        Parameters
+        ----------
+        log_alpha : float or ndarray of shape ``hyper_shape``
+            Log of the penalty, ``alpha = exp(log_alpha)``.
+
+        Returns
+        -------
+        ndarray of shape (n_params,)
+            The penalty of each coefficient (read-only).
         """
         la = self.check_log_alpha(log_alpha)
         key = la.tobytes()
@@ -148,15 +173,52 @@ class _PenalizedLinearProblem:
         return self.sample_weight * values
 
     def value(self, w, log_alpha) -> float:
-        """Objective ``r(w, log_alpha)``."""
+        """Objective ``r(w, log_alpha)``.
+
+        Parameters
+        ----------
+        w : ndarray of shape (n_params,)
+            Flat coefficient vector (``coef`` then the intercepts, see :attr:`n_params`).
+        log_alpha : float or ndarray of shape ``hyper_shape``
+            Log of the penalty, ``alpha = exp(log_alpha)``.
+
+        Returns
+        -------
+        float
+        """
         return self.value_and_grad(w, log_alpha)[0]
 
     def grad(self, w, log_alpha) -> np.ndarray:
-        """Gradient of the objective in ``w``."""
+        """Gradient of the objective in ``w``.
+
+        Parameters
+        ----------
+        w : ndarray of shape (n_params,)
+            Flat coefficient vector (``coef`` then the intercepts, see :attr:`n_params`).
+        log_alpha : float or ndarray of shape ``hyper_shape``
+            Log of the penalty, ``alpha = exp(log_alpha)``.
+
+        Returns
+        -------
+        ndarray of shape (n_params,)
+        """
         return self.value_and_grad(w, log_alpha)[1]
 
     def value_and_grad(self, w, log_alpha) -> tuple[float, np.ndarray]:
-        """Objective and its gradient in ``w`` (two products with X)."""
+        """Objective and its gradient in ``w`` (two products with X).
+
+        Parameters
+        ----------
+        w : ndarray of shape (n_params,)
+            Flat coefficient vector (``coef`` then the intercepts, see :attr:`n_params`).
+        log_alpha : float or ndarray of shape ``hyper_shape``
+            Log of the penalty, ``alpha = exp(log_alpha)``.
+
+        Returns
+        -------
+        value : float
+        grad : ndarray of shape (n_params,)
+        """
         w = self._check_coef(w)
         penalty = self.penalty_weights(log_alpha)
         z = self.design.decision(w)
@@ -176,7 +238,20 @@ class _PenalizedLinearProblem:
         return data_term + 0.5 * penalty_value, grad
 
     def hessian_operator(self, w, log_alpha):
-        """``v -> H v`` at ``w``, with the loss curvature computed once for many products."""
+        """``v -> H v`` at ``w``, with the loss curvature computed once for many products.
+
+        Parameters
+        ----------
+        w : ndarray of shape (n_params,)
+            Flat coefficient vector (``coef`` then the intercepts, see :attr:`n_params`).
+        log_alpha : float or ndarray of shape ``hyper_shape``
+            Log of the penalty, ``alpha = exp(log_alpha)``.
+
+        Returns
+        -------
+        callable
+            ``v -> H(w) v`` for vectors ``v`` of shape (n_params,).
+        """
         w = self._check_coef(w)
         penalty = self.penalty_weights(log_alpha)
         loss_hessian = self._loss_hessian(self.design.decision(w))
@@ -189,7 +264,21 @@ class _PenalizedLinearProblem:
         return hvp
 
     def hvp(self, w, log_alpha, v) -> np.ndarray:
-        """Hessian-vector product ``H(w) v``."""
+        """Hessian-vector product ``H(w) v``.
+
+        Parameters
+        ----------
+        w : ndarray of shape (n_params,)
+            Flat coefficient vector (``coef`` then the intercepts, see :attr:`n_params`).
+        log_alpha : float or ndarray of shape ``hyper_shape``
+            Log of the penalty, ``alpha = exp(log_alpha)``.
+        v : array-like of shape (n_params,)
+            The vector to multiply.
+
+        Returns
+        -------
+        ndarray of shape (n_params,)
+        """
         return self.hessian_operator(w, log_alpha)(np.asarray(v, dtype=np.float64))
 
     def cross_vjp(self, w, log_alpha, q) -> np.ndarray:
@@ -198,6 +287,19 @@ class _PenalizedLinearProblem:
         ``d/d log_alpha_j`` of the gradient is ``alpha_j w_j e_j``; contracted with ``q`` it is
         ``alpha_j w_j q_j`` per feature (summed over the outputs of feature ``j``), or the sum
         of all of them for a scalar penalty.
+
+        Parameters
+        ----------
+        w : ndarray of shape (n_params,)
+            Flat coefficient vector (``coef`` then the intercepts, see :attr:`n_params`).
+        log_alpha : float or ndarray of shape ``hyper_shape``
+            Log of the penalty, ``alpha = exp(log_alpha)``.
+        q : array-like of shape (n_params,)
+            The adjoint ``H^{-1} grad_w outer`` (any vector of the coefficient's length).
+
+        Returns
+        -------
+        ndarray of the shape of ``log_alpha``
         """
         w = self._check_coef(w)
         n_coef = self.design.n_coef

@@ -60,7 +60,17 @@ class StatePacker:
         return sum(self.sizes)
 
     def flatten(self, state: State) -> torch.Tensor:
-        """Concatenate the parts of ``state`` into a tensor of shape ``(batch, D)``."""
+        """Concatenate the parts of ``state`` into a tensor of shape ``(batch, D)``.
+
+        Parameters
+        ----------
+        state : Tensor or list or tuple of Tensor
+            A state with the recorded layout (any batch size).
+
+        Returns
+        -------
+        Tensor of shape (batch, D)
+        """
         tensors = [state] if self.container is None else list(state)
         if len(tensors) != len(self.shapes):
             raise ValueError(
@@ -78,7 +88,16 @@ class StatePacker:
         return torch.cat([t.reshape(batch, -1) for t in tensors], dim=1)
 
     def unflatten(self, flat: torch.Tensor) -> State:
-        """Inverse of :meth:`flatten`: views of ``flat`` in the recorded shapes and container."""
+        """Inverse of :meth:`flatten`: views of ``flat`` in the recorded shapes and container.
+
+        Parameters
+        ----------
+        flat : Tensor of shape (batch, D)
+
+        Returns
+        -------
+        Tensor or list or tuple of Tensor
+        """
         batch = flat.shape[0]
         if self.container is None:
             return flat.reshape(batch, *self.shapes[0])

@@ -245,10 +245,12 @@ class Refine(BackwardStrategy):
 
     @property
     def name(self) -> str:  # type: ignore[override]
+        """``"refine(k)"`` with ``k`` the number of steps."""
         return f"refine({self.steps})"
 
     @property
     def needs_inverse(self) -> bool:  # type: ignore[override]
+        """True when the starting estimate reads the forward Broyden inverse."""
         return self.start.needs_inverse
 
     def __call__(self, grad, vjp, forward) -> BackwardResult:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ._state import State, StatePacker, requires_grad
-from .backward import BackwardResult, BackwardStrategy, make_backward
+from .backward import IFT, BackwardResult, BackwardStrategy, make_backward
 from .solvers import FixedPointResult, FixedPointSolver, make_solver
 
 __all__ = ["DEQ", "BackwardComparison", "compare_backward"]
@@ -155,7 +155,17 @@ class DEQ(nn.Module):
     # -- forward ----------------------------------------------------------------------------
 
     def initial_state(self, x: Any) -> State:
-        """Default ``z0``: ``f.init_state(x)`` if ``f`` has it, else ``zeros_like(x)``."""
+        """Default ``z0``: ``f.init_state(x)`` if ``f`` has it, else ``zeros_like(x)``.
+
+        Parameters
+        ----------
+        x : Any
+            Input of ``f``.
+
+        Returns
+        -------
+        Tensor or list or tuple of Tensor
+        """
         init = getattr(self.f, "init_state", None)
         if callable(init):
             return init(x)
@@ -349,8 +359,6 @@ def compare_backward(
     exact : BackwardResult
         The reference adjoint (check ``exact.residual``).
     """
-    from .backward import IFT
-
     result, packer, f_flat = layer.solve(x, z0)
     z_leaf = result.z.detach().requires_grad_()
     with torch.enable_grad():
@@ -359,11 +367,13 @@ def compare_backward(
         (grad,) = torch.autograd.grad(loss_fn(packer.unflatten(out)), out)
     vjp = _vjp(fz, z_leaf)
     ref = IFT(tol=1e-8, max_iter=200) if reference is None else layer._make_backward(reference)
+    chosen = [layer._make_backward(spec) for spec in strategies]
+    for strategy in [ref, *chosen]:
+        layer._check_compatible(layer.solver, strategy)
     with torch.no_grad():
         exact = ref(grad, vjp, result)
         comparisons = {}
-        for spec in strategies:
-            strategy = layer._make_backward(spec)
+        for strategy in chosen:
             start = time.perf_counter()
             est = strategy(grad, vjp, result)
             seconds = time.perf_counter() - start

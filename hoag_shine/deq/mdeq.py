@@ -7,10 +7,17 @@ The equilibrium state is a list of feature maps, one per resolution (branch ``i`
    finest branch, group norm, residual, ReLU, group norm);
 2. multiscale fusion: branch ``i`` receives the sum over ``j`` of branch ``j`` brought to its
    resolution (strided 3x3 convolutions down, a 1x1 convolution and a nearest upsampling up),
-   followed by ReLU, a 1x1 convolution and group norm.
+   followed by group norm.
+
+Two choices differ from the reference MDEQ, both for the conditioning of the fixed point of a
+narrow model (measured on the tiny configuration at initialization): the fusion ends with a
+group norm alone instead of ReLU, 1x1 convolution and group norm (the random 1x1 convolution
+after a ReLU put eigenvalues of ``J_f`` at -1.5 with 8 channels), and the second convolution of
+each block starts at a tenth of the default scale (the injection dominates at first; the largest
+eigenvalue of ``J_f`` was then about 0.9 and ``cond(I - J_f)`` about 120 instead of 1800).
 
 A stem (convolutions outside the equilibrium) computes the injection; a head brings every
-branch to a common width, downsamples and sums them from fine to coarse, pools and classifies.
+branch to its head width, downsamples and sums them from fine to coarse, pools and classifies.
 Everything normalizes per sample (group norm), so samples stay independent for the solvers.
 """
 
@@ -40,13 +47,19 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class _Block(nn.Module):
-    """MDEQ's basic residual block with input injection and group norm."""
+    """MDEQ's basic residual block with input injection and group norm.
 
-    def __init__(self, channels: int, expansion: int, groups: int):
+    The second convolution starts at a tenth of PyTorch's default scale, so that at
+    initialization the injection dominates and the map is well inside its contraction regime.
+    """
+
+    def __init__(self, channels: int, expansion: int, groups: int, init_scale: float = 0.1):
         super().__init__()
         self.conv1 = _conv3x3(channels, expansion * channels)
         self.gn1 = _gn(groups, expansion * channels)
         self.conv2 = _conv3x3(expansion * channels, channels)
+        with torch.no_grad():
+            self.conv2.weight.mul_(init_scale)
         self.gn2 = _gn(groups, channels)
         self.gn3 = _gn(groups, channels)
 
@@ -134,17 +147,21 @@ class MDEQCell(nn.Module):
             )
             for i in range(n)
         )
-        self.post = nn.ModuleList(
-            nn.Sequential(
-                nn.ReLU(),
-                nn.Conv2d(c, c, kernel_size=1, bias=False),
-                _gn(max(1, groups // 2), c),
-            )
-            for c in self.channels
-        )
+        self.post = nn.ModuleList(_gn(groups, c) for c in self.channels)
 
     def init_state(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Zero state at every resolution for the injection ``x``."""
+        """Zero state at every resolution for the injection ``x``.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, channels[0], H, W)
+            The injection.
+
+        Returns
+        -------
+        list of Tensor
+            ``(batch, channels[i], H_i, W_i)`` zeros, ``H_{i+1} = ceil(H_i / 2)``.
+        """
         batch, _, h, w = x.shape
         state = []
         for c in self.channels:
@@ -153,6 +170,20 @@ class MDEQCell(nn.Module):
         return state
 
     def forward(self, z: Sequence[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+        """One application of the cell: residual blocks, then multiscale fusion.
+
+        Parameters
+        ----------
+        z : sequence of Tensor
+            The state, one ``(batch, channels[i], H_i, W_i)`` tensor per branch.
+        x : Tensor of shape (batch, channels[0], H_0, W_0)
+            The injection (added in the finest branch).
+
+        Returns
+        -------
+        list of Tensor
+            The new state, shaped like ``z``.
+        """
         blocks = []
         for i, branch in enumerate(self.branches):
             y = branch[0](z[i], x if i == 0 else None)
@@ -189,6 +220,10 @@ class MDEQ(nn.Module):
         See :class:`MDEQCell`.
     stem_stride : int
         Stride of the stem (1 or 2): resolution of the finest branch relative to the image.
+    pool_size : int
+        The head average-pools the last feature map to ``pool_size x pool_size`` before the
+        linear classifier: 1 is MDEQ's global pooling; a few cells (the tiny configuration uses
+        4) keep spatial information and learn much faster on small budgets.
     solver, backward, tol, max_iter, backward_tol, backward_max_iter, fallback_threshold
         Passed to :class:`DEQ`.
 
@@ -220,6 +255,7 @@ class MDEQ(nn.Module):
         groups: int = 4,
         blocks: int = 1,
         stem_stride: int = 2,
+        pool_size: int = 1,
         solver: str | FixedPointSolver = "broyden",
         backward: str | BackwardStrategy = "shine",
         tol: float = 1e-3,
@@ -256,18 +292,48 @@ class MDEQ(nn.Module):
             backward_max_iter=backward_max_iter,
             fallback_threshold=fallback_threshold,
         )
-        self.head = _Head(channels, head_channels, final_channels, num_classes, groups)
+        self.head = _Head(
+            channels, head_channels, final_channels, num_classes, groups, pool_size=pool_size
+        )
 
     def inject(self, images: torch.Tensor) -> torch.Tensor:
-        """The injection ``x`` of the equilibrium cell."""
+        """The injection ``x`` of the equilibrium cell.
+
+        Parameters
+        ----------
+        images : Tensor of shape (batch, in_channels, H, W)
+
+        Returns
+        -------
+        Tensor of shape (batch, channels[0], H / stem_stride, W / stem_stride)
+        """
         return self.stem(images)
 
     def classify(self, state: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Logits from the multiscale equilibrium state."""
+        """Logits from the multiscale equilibrium state.
+
+        Parameters
+        ----------
+        state : sequence of Tensor
+            One tensor per branch, as returned by :attr:`deq`.
+
+        Returns
+        -------
+        Tensor of shape (batch, num_classes)
+        """
         return self.head(state)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of shape ``(batch, num_classes)``."""
+        """Logits: stem, equilibrium layer, head.
+
+        Parameters
+        ----------
+        images : Tensor of shape (batch, in_channels, H, W)
+
+        Returns
+        -------
+        Tensor of shape (batch, num_classes)
+        """
         return self.classify(self.deq(self.inject(images)))
 
 
@@ -281,8 +347,11 @@ class _Head(nn.Module):
         final_channels: int,
         num_classes: int,
         groups: int,
+        pool_size: int = 1,
     ):
         super().__init__()
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1.")
         self.proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, h, 1, bias=False), _gn(groups, h), nn.ReLU())
             for c, h in zip(channels, head_channels, strict=True)
@@ -296,11 +365,11 @@ class _Head(nn.Module):
             _gn(groups, final_channels),
             nn.ReLU(),
         )
-        self.classifier = nn.Linear(final_channels, num_classes)
+        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.classifier = nn.Linear(final_channels * pool_size**2, num_classes)
 
     def forward(self, state: Sequence[torch.Tensor]) -> torch.Tensor:
         y = self.proj[0](state[0])
         for i, down in enumerate(self.down):
             y = down(y) + self.proj[i + 1](state[i + 1])
-        y = self.final(y).mean(dim=(-2, -1))
-        return self.classifier(y)
+        return self.classifier(self.pool(self.final(y)).flatten(1))

@@ -94,7 +94,20 @@ class FixedPointSolver:
             raise ValueError(f"max_iter must be a non-negative integer, got {self.max_iter!r}.")
 
     def solve(self, f: Map, z0: torch.Tensor) -> FixedPointResult:
-        """Find ``z = f(z)`` from ``z0`` of shape (batch, D)."""
+        """Find ``z = f(z)`` for every sample of a batch.
+
+        Parameters
+        ----------
+        f : callable
+            Batched map ``(batch, D) -> (batch, D)``; row ``i`` of the output may only depend on
+            row ``i`` of the input. Called without gradient tracking by :class:`DEQ`.
+        z0 : Tensor of shape (batch, D)
+            Starting point (not modified).
+
+        Returns
+        -------
+        FixedPointResult
+        """
         raise NotImplementedError
 
 
@@ -104,6 +117,14 @@ class BroydenSolver(FixedPointSolver):
 
     Unit steps, no line search; the per-sample inverse estimate ``B = -I + U V^T`` of
     ``J_g^{-1}`` is returned in :attr:`FixedPointResult.inverse`.
+
+    Parameters
+    ----------
+    tol : float
+        Absolute tolerance on each sample's residual norm ``||f(z) - z||``; the solver stops when
+        every sample of the batch is below it.
+    max_iter : int
+        Maximum number of iterations, also the largest rank of the inverse estimate.
     """
 
     name = "broyden"

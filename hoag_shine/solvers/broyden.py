@@ -40,6 +40,7 @@ class BroydenInverse:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n, n)``: the shape of each sample's estimate."""
         n = self.u.shape[2]
         return (n, n)
 
@@ -51,11 +52,31 @@ class BroydenInverse:
         return out[0, :] if self.squeeze else out
 
     def matvec(self, x):
-        """``B x`` per sample (``x`` of shape (batch, n), or (n,) for a single problem)."""
+        """``B x`` per sample.
+
+        Parameters
+        ----------
+        x : array of shape (batch, n), or (n,) for a single problem
+            The vectors to multiply, one per sample.
+
+        Returns
+        -------
+        array of the shape of ``x``
+        """
         return self._apply(x, self.u, self.v)
 
     def rmatvec(self, x):
-        """``B^T x`` per sample; SHINE's backward for equilibrium models is ``-rmatvec``."""
+        """``B^T x`` per sample; SHINE's backward for equilibrium models is ``-rmatvec``.
+
+        Parameters
+        ----------
+        x : array of shape (batch, n), or (n,) for a single problem
+            The vectors to multiply, one per sample.
+
+        Returns
+        -------
+        array of the shape of ``x``
+        """
         return self._apply(x, self.v, self.u)
 
     __call__ = matvec
@@ -122,7 +143,20 @@ class Broyden:
     max_iter: int = 50
 
     def run(self, g: Callable[[Any], Any], z0) -> BroydenState:
-        """Solve ``g(z) = 0`` from ``z0`` of shape (batch, n), or (n,) for one problem."""
+        """Solve ``g(z) = 0`` from ``z0``, each sample of the batch on its own.
+
+        Parameters
+        ----------
+        g : callable
+            ``z -> g(z)`` on arrays of the shape of ``z0`` (row ``i`` of the output may only
+            depend on row ``i`` of the input).
+        z0 : array of shape (batch, n), or (n,) for one problem
+            Starting point (not modified).
+
+        Returns
+        -------
+        BroydenState
+        """
         xp = namespace(z0)
         squeeze = z0.ndim == 1
         z = (z0[None, :] if squeeze else z0) * 1.0

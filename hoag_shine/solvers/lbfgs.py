@@ -20,12 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from .._array import all_finite, axpy, dot, is_numpy, namespace, norm
+from .._array import all_finite, axpy, dot, eps, is_numpy, namespace, norm
 from .linesearch import strong_wolfe
 
 __all__ = ["LBFGS", "LBFGSMemory", "LBFGSState"]
 
 ValueAndGrad = Callable[[Any], tuple[float, Any]]
+
+#: Relative value noise of the line search in float64 (see :func:`strong_wolfe`).
+_VALUE_NOISE = 1e-10
 
 
 class LBFGSMemory:
@@ -60,11 +63,13 @@ class LBFGSMemory:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n, n)``: the shape of the inverse-Hessian estimate."""
         n = self._s.shape[1]
         return (n, n)
 
     @property
     def dtype(self):
+        """The dtype of the stored pairs."""
         return self._s.dtype
 
     def chronological(self) -> list[int]:
@@ -82,7 +87,20 @@ class LBFGSMemory:
         return xp.take(self._s, idx, axis=0), xp.take(self._y, idx, axis=0)
 
     def push(self, s, y) -> bool:
-        """Append a pair; return False (and keep the memory) if its curvature is not safe."""
+        """Append a pair; return False (and keep the memory) if its curvature is not safe.
+
+        Parameters
+        ----------
+        s : array of shape (n,)
+            Step ``x_new - x``.
+        y : array of shape (n,)
+            Gradient difference ``grad(x_new) - grad(x)``.
+
+        Returns
+        -------
+        bool
+            True when the pair was stored (the oldest one is dropped when the memory is full).
+        """
         sy = dot(s, y)
         if not (math.isfinite(sy) and sy > self.curvature_eps * norm(s) * norm(y)):
             self.n_skipped += 1
@@ -115,6 +133,17 @@ class LBFGSMemory:
         gradient difference ``y`` exactly, so the pairs stay valid secant pairs of the new
         objective (up to the change of the rest of the Hessian). Pairs whose curvature is no
         longer safe are dropped; the order of the others is kept.
+
+        Parameters
+        ----------
+        diagonal : float or array of shape (n,)
+            The change ``d`` of the Hessian's diagonal (e.g. ``alpha_new - alpha_old`` per
+            coefficient).
+
+        Returns
+        -------
+        LBFGSMemory
+            A new memory; this one is not modified.
         """
         xp = namespace(self._s)
         new = LBFGSMemory(self.size, self._s[0], curvature_eps=self.curvature_eps)
@@ -134,7 +163,17 @@ class LBFGSMemory:
         return 1.0 / (self._rho[newest] * dot(y, y))
 
     def matvec(self, v):
-        """Two-loop recursion: the product ``H v`` with the current inverse estimate."""
+        """Two-loop recursion: the product ``H v`` with the current inverse estimate.
+
+        Parameters
+        ----------
+        v : array of shape (n,)
+            The vector to multiply (not modified).
+
+        Returns
+        -------
+        array of shape (n,)
+        """
         order = self.chronological()
         q = _clone(v)
         coefs = []
@@ -284,6 +323,9 @@ class LBFGS:
         else:
             mem = LBFGSMemory(self.memory_size, x, curvature_eps=self.curvature_eps)
         value, grad = _evaluate(value_and_grad, x)
+        # Relative round-off of the objective for the line search: 1e-10 in float64 (as
+        # always), about 1e-5 in float32, where 1e-10 would be below the values' resolution.
+        value_noise = max(_VALUE_NOISE, 100.0 * eps(x))
         n_evals, n_opa = 1, 0
         last_step = None
         message = "maximum number of iterations reached"
@@ -318,7 +360,14 @@ class LBFGS:
                 return v, dot(g, direction), (x_t, g)
 
             ls = strong_wolfe(
-                phi, value, slope, step0, c1=self.c1, c2=self.c2, max_evals=self.max_line_search
+                phi,
+                value,
+                slope,
+                step0,
+                c1=self.c1,
+                c2=self.c2,
+                max_evals=self.max_line_search,
+                value_noise=value_noise,
             )
             n_evals += ls.n_evals
             if ls.step == 0.0:
@@ -363,7 +412,7 @@ class LBFGS:
             return 0
         # Length of the last step, floored so the gradient difference stays well above
         # round-off near convergence.
-        floor = math.sqrt(np.finfo(np.float64).eps) * max(1.0, norm(x))
+        floor = math.sqrt(eps(x)) * max(1.0, norm(x))
         length = max(last_step or 0.0, floor)
         e = e * (length / e_norm)
         _, grad_e = _evaluate(value_and_grad, x + e)
@@ -382,7 +431,7 @@ def _evaluate(value_and_grad: ValueAndGrad, x) -> tuple[float, Any]:
 def _clone(a):
     if isinstance(a, np.ndarray):
         return a.copy()
-    return a.clone()
+    return a.detach().clone()  # torch: a starting point that requires grad starts no graph
 
 
 def _device(a):

@@ -1,0 +1,760 @@
+"""Degenerate data: every case ends with a clear outcome.
+
+Either a finite result (with a ``ConvergenceWarning`` where the result is doubtful) or a
+``ValueError`` that says what to do. numpy's overflow and invalid-value warnings are errors
+in this suite (``filterwarnings = error::RuntimeWarning`` in pyproject.toml), and the helper
+:func:`outcome` below keeps them errors while it records the other warnings.
+
+Tests marked ``xfail(strict=True, reason="bug: ...")`` show the desired behaviour where the
+library does not have it yet.
+
+Also here: determinism (bitwise-identical histories across runs and ``n_jobs``).
+"""
+
+import math
+import warnings
+from contextlib import contextmanager
+
+import joblib
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from hoag_shine import METHODS, finite_difference_hypergradient, hypergradient, solve_bilevel
+from hoag_shine.criteria import HeldOutLogLoss, HeldOutMSE
+from hoag_shine.estimator import BilevelEstimator
+from hoag_shine.problems import LogisticRegressionProblem, RidgeProblem
+
+KINDS = ("logistic", "ridge")
+BOUNDS = (-25.0, 25.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+@contextmanager
+def outcome():
+    """Record warnings; numpy's RuntimeWarnings (overflow, invalid value) stay errors."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", RuntimeWarning)
+        yield caught
+
+
+def categories(caught) -> set:
+    return {w.category for w in caught}
+
+
+def finite(*arrays) -> bool:
+    return all(np.all(np.isfinite(np.asarray(a, dtype=np.float64))) for a in arrays)
+
+
+def pair(kind, X, y, X_val, y_val, **options):
+    """An inner problem and its held-out criterion."""
+    if kind == "logistic":
+        inner = LogisticRegressionProblem(X, y, **options)
+        return inner, HeldOutLogLoss(X_val, y_val, classes=inner.classes_)
+    return RidgeProblem(X, y, **options), HeldOutMSE(X_val, y_val)
+
+
+def regression_data(n=60, d=5, n_val=30, seed=0, offset=0.0):
+    """``(X, y, X_val, y_val, y_reg, y_reg_val)``: noisy (not separable) labels and targets."""
+    rng = np.random.default_rng(seed)
+    X, X_val = rng.standard_normal((n, d)), rng.standard_normal((n_val, d))
+    beta = rng.standard_normal(d)
+
+    def targets(A):
+        z = A @ beta + offset
+        labels = (z + rng.standard_normal(A.shape[0]) > 0).astype(int)
+        return labels, z + 0.5 * rng.standard_normal(A.shape[0])
+
+    (y, y_reg), (y_val, y_reg_val) = targets(X), targets(X_val)
+    return X, y, X_val, y_val, y_reg, y_reg_val
+
+
+def data_for(kind, **kwargs):
+    X, y, X_val, y_val, y_reg, y_reg_val = regression_data(**kwargs)
+    if kind == "logistic":
+        return X, y, X_val, y_val
+    return X, y_reg, X_val, y_reg_val
+
+
+def bits(history) -> list:
+    """A history with exact float bit patterns, wall times left out."""
+
+    def exact(value):
+        if isinstance(value, float):
+            return value.hex()
+        if isinstance(value, np.ndarray):
+            return (value.dtype.str, value.shape, value.tobytes())
+        if isinstance(value, np.generic):
+            return (value.dtype.str, value.tobytes())
+        return value
+
+    return [{key: exact(v) for key, v in record.items() if key != "time"} for record in history]
+
+
+# --------------------------------------------------------------------------------------------
+# Linearly separable classes with a vanishing penalty
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def separable():
+    """Labels are the sign of the first feature: the unregularized solution does not exist."""
+    rng = np.random.default_rng(0)
+    X, X_val = rng.standard_normal((40, 3)), rng.standard_normal((20, 3))
+    return X, (X[:, 0] > 0).astype(int), X_val, (X_val[:, 0] > 0).astype(int)
+
+
+@pytest.mark.parametrize("tol", [1e-6, 1e-12])
+@pytest.mark.parametrize("per_feature", [False, True])
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_separable_with_vanishing_penalty_gives_a_finite_hypergradient(
+    separable, method, fit_intercept, per_feature, tol
+):
+    """At ``log_alpha = -25`` the penalized solution exists but is huge. Expected: finite
+    outputs, and either a converged inner solve (the logistic gradient vanishes exponentially
+    along the separating direction, so the relative tolerance is met at a finite coefficient)
+    or a ConvergenceWarning; nothing else, and no overflow."""
+    X, y, X_val, y_val = separable
+    inner, outer = pair(
+        "logistic", X, y, X_val, y_val, fit_intercept=fit_intercept, per_feature=per_feature
+    )
+    log_alpha = np.full(3, -25.0) if per_feature else -25.0
+    with outcome() as caught:
+        res = hypergradient(inner, outer, log_alpha, method=method, tol=tol)
+    assert categories(caught) <= {ConvergenceWarning}
+    assert res.info["inner_converged"] or ConvergenceWarning in categories(caught)
+    assert finite(res.value, res.grad, res.coef, res.q)
+    # The training data are fitted perfectly by the returned (large) coefficient.
+    margin = np.where(y == 1, 1.0, -1.0) * (
+        X @ res.coef[:3] + (res.coef[3] if fit_intercept else 0)
+    )
+    assert np.all(margin > 0)
+
+
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_separable_search_from_vanishing_penalty_stops_cleanly(separable, method, fit_intercept):
+    X, y, X_val, y_val = separable
+    inner, outer = pair("logistic", X, y, X_val, y_val, fit_intercept=fit_intercept)
+    with outcome() as caught:
+        result = solve_bilevel(inner, outer, BOUNDS[0], method=method, max_iter=10)
+    assert categories(caught) <= {ConvergenceWarning}
+    assert finite(result.log_alpha, result.value, result.grad, *result.coef)
+    assert BOUNDS[0] <= float(result.log_alpha) <= BOUNDS[1]
+    assert all(finite(r["outer_loss"], r["grad_norm"], r["log_alpha"]) for r in result.history)
+
+
+@pytest.mark.parametrize("per_feature", [False, True])
+@pytest.mark.parametrize("hypergradient_method", ["shine-opa", "cg"])
+def test_estimator_on_separable_data_with_huge_C(separable, hypergradient_method, per_feature):
+    X, y, _, _ = separable
+    est = BilevelEstimator(
+        LogisticRegression(C=1e10),
+        cv=3,
+        hypergradient=hypergradient_method,
+        per_feature=per_feature,
+        max_outer_iter=10,
+        random_state=0,
+    )
+    with outcome() as caught:
+        est.fit(X, y)
+    assert categories(caught) <= {ConvergenceWarning}
+    assert finite(est.best_log_alpha_, est.best_score_)
+    assert np.all((np.asarray(est.best_log_alpha_) >= BOUNDS[0]) & (est.best_log_alpha_ <= 25))
+    proba = est.predict_proba(X)
+    assert finite(proba) and np.allclose(proba.sum(axis=1), 1.0)
+    assert est.score(X, y) >= 0.95
+
+
+# --------------------------------------------------------------------------------------------
+# All-zero, duplicate and constant columns
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_all_zero_column_has_zero_coefficient_and_zero_hypergradient(method, kind, sparse):
+    """A feature that is zero everywhere has a zero coefficient, whatever its penalty, so the
+    held-out loss does not depend on its penalty: its hypergradient is exactly 0."""
+    X, y, X_val, y_val = data_for(kind)
+    X[:, 2] = 0.0
+    X_val[:, 2] = 0.0
+    if sparse:
+        X, X_val = sp.csr_matrix(X), sp.csr_matrix(X_val)
+    inner, outer = pair(kind, X, y, X_val, y_val, per_feature=True, fit_intercept=True)
+    with outcome() as caught:
+        res = hypergradient(inner, outer, np.linspace(-2, 2, 5), method=method, tol=1e-8)
+    assert not caught
+    assert finite(res.value, res.grad)
+    assert res.coef[2] == 0.0
+    assert res.grad[2] == 0.0
+    assert np.all(res.grad[[0, 1, 3, 4]] != 0.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_search_leaves_the_penalty_of_a_zero_column_where_it_started(method, kind):
+    X, y, X_val, y_val = data_for(kind)
+    X[:, 2] = 0.0
+    X_val[:, 2] = 0.0
+    inner, outer = pair(kind, X, y, X_val, y_val, per_feature=True)
+    start = np.array([0.5, -0.5, 1.5, 0.0, 1.0])
+    with outcome() as caught:
+        result = solve_bilevel(inner, outer, start, method=method, max_iter=8)
+    assert not caught
+    assert result.log_alpha[2] == start[2]
+    assert finite(result.log_alpha, result.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_estimator_with_a_zero_column_per_feature(kind):
+    X, y, _, _ = data_for(kind, n=90)
+    X[:, 1] = 0.0
+    model = LogisticRegression() if kind == "logistic" else Ridge()
+    est = BilevelEstimator(model, cv=3, per_feature=True, max_outer_iter=8, random_state=0)
+    with outcome() as caught:
+        est.fit(X, y)
+    assert not caught
+    assert est.penalties_[1] == 1.0  # the starting C = 1 (alpha = 1) is kept
+    assert finite(est.penalties_, est.best_score_, est.predict(X))
+    assert est.best_estimator_.named_steps["model"].coef_.ravel()[1] == 0.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_duplicate_columns_get_identical_coefficients_and_hypergradients(method, kind):
+    """Two identical columns with the same penalty are interchangeable: their coefficients and
+    their hypergradients are equal (the problem is symmetric in them)."""
+    X, y, X_val, y_val = data_for(kind)
+    X = np.hstack([X, X[:, :1]])
+    X_val = np.hstack([X_val, X_val[:, :1]])
+    inner, outer = pair(kind, X, y, X_val, y_val, per_feature=True)
+    log_alpha = np.array([0.3, -1.0, 0.5, 1.0, 2.0, 0.3])  # columns 0 and 5 share 0.3
+    with outcome() as caught:
+        res = hypergradient(inner, outer, log_alpha, method=method, tol=1e-10)
+    assert not caught
+    np.testing.assert_allclose(res.coef[5], res.coef[0], rtol=1e-8)
+    np.testing.assert_allclose(res.grad[5], res.grad[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_duplicate_columns_match_one_column_with_half_the_penalty(kind):
+    """Scalar penalty: splitting a feature into two identical copies is the same as one column
+    whose penalty is halved, so the outer loss equals that of a problem without the copy,
+    where the duplicated feature is scaled by sqrt(2) (alpha (w/2)^2 * 2 = alpha w^2 / 2)."""
+    X, y, X_val, y_val = data_for(kind)
+    X_dup, X_val_dup = np.hstack([X, X[:, :1]]), np.hstack([X_val, X_val[:, :1]])
+    scale = np.ones(X.shape[1])
+    scale[0] = math.sqrt(2.0)
+    inner_dup, outer_dup = pair(kind, X_dup, y, X_val_dup, y_val)
+    inner_ref, outer_ref = pair(kind, X * scale, y, X_val * scale, y_val)
+    dup = hypergradient(inner_dup, outer_dup, 0.7, method="cg", tol=1e-11)
+    ref = hypergradient(inner_ref, outer_ref, 0.7, method="cg", tol=1e-11)
+    np.testing.assert_allclose(dup.value, ref.value, rtol=1e-9)
+    np.testing.assert_allclose(dup.grad, ref.grad, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_constant_feature_with_an_intercept(method, kind):
+    """A constant column duplicates the unpenalized intercept: its penalized coefficient goes
+    to 0 and its penalty has no effect (hypergradient ~ 0); the other features are unaffected."""
+    X, y, X_val, y_val = data_for(kind, offset=0.7)
+    Xc, X_valc = X.copy(), X_val.copy()
+    Xc[:, 3] = 2.5
+    X_valc[:, 3] = 2.5
+    inner, outer = pair(kind, Xc, y, X_valc, y_val, per_feature=True, fit_intercept=True)
+    log_alpha = np.array([0.0, 0.5, -0.5, 0.0, 1.0])
+    with outcome() as caught:
+        res = hypergradient(inner, outer, log_alpha, method=method, tol=1e-10)
+    assert not caught
+    assert finite(res.value, res.grad)
+    scale = inner.gradient_scale
+    assert abs(res.coef[3]) <= 1e-8 * scale
+    assert abs(res.grad[3]) <= 1e-8 * (1 + np.max(np.abs(res.grad)))
+
+
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_estimator_with_constant_features(kind, fit_intercept):
+    X, y, _, _ = data_for(kind, n=90, offset=0.7)
+    X[:, 3] = 2.5
+    model = (LogisticRegression if kind == "logistic" else Ridge)(fit_intercept=fit_intercept)
+    est = BilevelEstimator(model, cv=3, max_outer_iter=8, random_state=0)
+    with outcome() as caught:
+        est.fit(X, y)
+    assert categories(caught) <= {ConvergenceWarning}
+    assert finite(est.best_log_alpha_, est.best_score_, est.predict(X))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_estimator_with_only_constant_or_zero_features(kind):
+    """Nothing to learn but the intercept: the hypergradient vanishes (up to the inner
+    tolerance) and the search stops within a step or two."""
+    rng = np.random.default_rng(0)
+    X = np.zeros((30, 3))
+    X[:, 1] = 4.0
+    y = np.arange(30) % 2 if kind == "logistic" else rng.standard_normal(30)
+    model = LogisticRegression() if kind == "logistic" else Ridge()
+    est = BilevelEstimator(model, cv=3, random_state=0)
+    with outcome() as caught:
+        est.fit(X, y)
+    assert not caught
+    assert est.n_outer_iter_ <= 3 and est.stop_message_ == "step below xtol"
+    assert finite(est.best_score_, est.predict(X))
+
+
+# --------------------------------------------------------------------------------------------
+# A class with one or very few samples
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_minority", [1, 2, 3])
+@pytest.mark.parametrize("multiclass", [False, True])
+def test_estimator_with_a_class_too_small_for_the_folds(n_minority, multiclass):
+    """cv=5 when a class has fewer than 5 samples: some training or validation parts lack
+    the class. Expected: scikit-learn's warning about the least populated class, and a
+    result (the problems are told the classes, so a fold without a class still works)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    y = np.zeros(40, dtype=int)
+    y[:n_minority] = 1
+    if multiclass:
+        y[20:30] = 2
+    est = BilevelEstimator(LogisticRegression(), cv=5, max_outer_iter=5, random_state=0)
+    with outcome() as caught:
+        est.fit(X, y)
+    assert any("least populated class" in str(w.message) for w in caught)
+    assert categories(caught) <= {UserWarning, ConvergenceWarning}
+    assert finite(est.best_log_alpha_, est.best_score_)
+    proba = est.predict_proba(X)
+    assert proba.shape == (40, 3 if multiclass else 2) and finite(proba)
+    assert list(est.classes_) == ([0, 1, 2] if multiclass else [0, 1])
+
+
+def test_problem_of_a_fold_with_a_single_class_says_what_to_do():
+    X = np.random.default_rng(0).standard_normal((5, 2))
+    with pytest.raises(ValueError, match="pass classes="):
+        LogisticRegressionProblem(X, np.zeros(5))
+    # With classes given it works. With an unpenalized intercept the training objective has no
+    # minimizer (the intercept runs to -inf); the solver stops at a finite intercept once the
+    # gradient, exponentially small in it, meets the relative tolerance.
+    inner = LogisticRegressionProblem(X, np.zeros(5), classes=[0, 1], fit_intercept=True)
+    outer = HeldOutLogLoss(X, np.array([0, 1, 0, 1, 1]), classes=inner.classes_)
+    with outcome() as caught:
+        res = hypergradient(inner, outer, 0.0, method="cg", tol=1e-10)
+    assert not caught and res.info["inner_converged"]
+    assert finite(res.value, res.grad, res.coef)
+    assert res.coef[-1] < -10.0 and np.all(np.abs(res.coef[:2]) < 1e-8)
+
+
+def test_estimator_with_a_single_class_says_what_to_do():
+    X = np.random.default_rng(0).standard_normal((20, 2))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        BilevelEstimator(LogisticRegression(), cv=3).fit(X, np.ones(20))
+
+
+# --------------------------------------------------------------------------------------------
+# More features than samples
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wide():
+    rng = np.random.default_rng(1)
+    n, d = 20, 150
+    X, X_val = rng.standard_normal((n, d)), rng.standard_normal((15, d))
+    beta = np.zeros(d)
+    beta[:5] = 1.0
+    y_reg = X @ beta + 0.1 * rng.standard_normal(n)
+    y_reg_val = X_val @ beta + 0.1 * rng.standard_normal(15)
+    return X, X_val, y_reg, y_reg_val
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("per_feature", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_more_features_than_samples(wide, method, kind, per_feature, sparse):
+    """d >> n: the data are interpolated as the penalty vanishes, the Hessian is singular but
+    for the penalty. Expected: finite outputs at every penalty, CG agreeing with finite
+    differences where the problem is reasonably conditioned."""
+    X, X_val, y_reg, y_reg_val = wide
+    y, y_val = (y_reg > 0, y_reg_val > 0) if kind == "logistic" else (y_reg, y_reg_val)
+    if sparse:
+        X = sp.csr_matrix(np.where(np.abs(X) > 1.0, X, 0.0))
+        X_val = sp.csr_matrix(np.where(np.abs(X_val) > 1.0, X_val, 0.0))
+    inner, outer = pair(kind, X, y, X_val, y_val, per_feature=per_feature, fit_intercept=True)
+    shape = inner.hyper_shape
+    for log_alpha in (-10.0, 0.0, 10.0):
+        with outcome() as caught:
+            res = hypergradient(inner, outer, np.full(shape, log_alpha), method=method, tol=1e-8)
+        assert categories(caught) <= {ConvergenceWarning}
+        assert finite(res.value, res.grad, res.coef)
+    if method == "cg":
+        la = np.full(shape, -1.0)
+        direction = np.ones(shape) / math.sqrt(max(1, np.prod(shape)))
+        res = hypergradient(inner, outer, la, method="cg", tol=1e-11)
+        fd = finite_difference_hypergradient(inner, outer, la, direction=direction)
+        directional = float(np.sum(res.grad * direction))
+        assert abs(directional - fd) <= 1e-4 * abs(fd) + 1e-6 * (1 + abs(res.value))
+
+
+@pytest.mark.parametrize("per_feature", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_estimator_with_more_features_than_samples(wide, kind, per_feature):
+    X, _, y_reg, _ = wide
+    y = y_reg > 0 if kind == "logistic" else y_reg
+    model = LogisticRegression() if kind == "logistic" else Ridge()
+    est = BilevelEstimator(model, cv=3, per_feature=per_feature, max_outer_iter=8, random_state=0)
+    with outcome() as caught:
+        est.fit(X, y)
+    assert categories(caught) <= {ConvergenceWarning}
+    assert finite(est.best_log_alpha_, est.best_score_, est.predict(X))
+
+
+# --------------------------------------------------------------------------------------------
+# Extreme starting hyperparameters
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("start", BOUNDS)
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_search_from_either_bound(method, kind, fit_intercept, start):
+    """Starting at a bound (no penalty at all in effect, or one that kills every coefficient).
+    Expected: a finite result within the bounds, no worse than the start (evaluated again at a
+    tight tolerance; the data are not separable, so the losses are well defined)."""
+    X, y, X_val, y_val = data_for(kind)
+    inner, outer = pair(kind, X, y, X_val, y_val, fit_intercept=fit_intercept)
+    with outcome() as caught:
+        result = solve_bilevel(inner, outer, start, method=method, max_iter=10, bounds=BOUNDS)
+    assert categories(caught) <= {ConvergenceWarning}
+    assert finite(result.log_alpha, result.value, result.grad)
+    assert BOUNDS[0] <= float(result.log_alpha) <= BOUNDS[1]
+
+    def tight(log_alpha):
+        return hypergradient(inner, outer, log_alpha, method="jacobian-free", tol=1e-12).value
+
+    assert tight(result.log_alpha) <= tight(start) * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_start_beyond_the_bounds_is_clipped_and_an_absurd_one_refused(kind):
+    X, y, X_val, y_val = data_for(kind)
+    inner, outer = pair(kind, X, y, X_val, y_val)
+    result = solve_bilevel(inner, outer, 60.0, max_iter=2)
+    assert result.history[0]["log_alpha"] == BOUNDS[1]
+    with pytest.raises(ValueError, match=r"log_alpha must lie in \[-100, 100\]"):
+        solve_bilevel(inner, outer, 150.0, max_iter=2)
+
+
+@pytest.mark.parametrize(
+    "model, start",
+    [
+        (LogisticRegression(C=1e-300), BOUNDS[1]),  # log_alpha = 690.8
+        (LogisticRegression(C=1e300), BOUNDS[0]),
+        (Ridge(alpha=0.0), BOUNDS[0]),  # log_alpha = -inf
+        (Ridge(alpha=1e300), BOUNDS[1]),
+    ],
+    ids=["C=1e-300", "C=1e300", "alpha=0", "alpha=1e300"],
+)
+@pytest.mark.parametrize("per_feature", [False, True])
+def test_estimator_from_extreme_wrapped_hyperparameters(model, start, per_feature):
+    kind = "logistic" if isinstance(model, LogisticRegression) else "ridge"
+    X, y, _, _ = data_for(kind, n=90)
+    est = BilevelEstimator(model, cv=3, per_feature=per_feature, max_outer_iter=6, random_state=0)
+    with outcome() as caught:
+        est.fit(X, y)
+    assert categories(caught) <= {ConvergenceWarning}
+    assert np.all(np.asarray(est.history_[0]["log_alpha"]) == start)
+    assert finite(est.best_log_alpha_, est.best_score_, est.predict(X))
+
+
+@pytest.mark.parametrize("init", BOUNDS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_estimator_init_at_the_bounds(method, kind, init):
+    X, y, _, _ = data_for(kind, n=90)
+    model = LogisticRegression() if kind == "logistic" else Ridge()
+    est = BilevelEstimator(
+        model, cv=3, hypergradient=method, init=init, max_outer_iter=6, random_state=0
+    )
+    with outcome() as caught:
+        est.fit(X, y)
+    assert categories(caught) <= {ConvergenceWarning}
+    assert BOUNDS[0] <= est.best_log_alpha_ <= BOUNDS[1]
+    assert finite(est.best_score_, est.predict(X))
+
+
+# --------------------------------------------------------------------------------------------
+# float32 input
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("per_feature", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_input_matches_float64(method, kind, per_feature, sparse):
+    """float32 X is used as the float64 problem on its (rounded) values: the same results as
+    float64 input with those values, and results close to the unrounded data's (the data
+    differ by ~6e-8 relative)."""
+    X, y, X_val, y_val = data_for(kind)
+    X32, X_val32 = X.astype(np.float32), X_val.astype(np.float32)
+    X64, X_val64 = X32.astype(np.float64), X_val32.astype(np.float64)
+    if sparse:
+        X, X_val = sp.csr_matrix(X), sp.csr_matrix(X_val)
+        X32, X_val32 = sp.csr_matrix(X32), sp.csr_matrix(X_val32)
+        X64, X_val64 = sp.csr_matrix(X64), sp.csr_matrix(X_val64)
+    log_alpha = np.linspace(-1, 1, X.shape[1]) if per_feature else 0.3
+    results = {}
+    for name, (A, B) in {"32": (X32, X_val32), "64": (X64, X_val64), "orig": (X, X_val)}.items():
+        inner, outer = pair(kind, A, y, B, y_val, per_feature=per_feature)
+        with outcome() as caught:
+            results[name] = hypergradient(inner, outer, log_alpha, method=method, tol=1e-10)
+        assert not caught
+        assert results[name].coef.dtype == np.float64
+    r32, r64, orig = results["32"], results["64"], results["orig"]
+
+    def gap(a, b):
+        return np.linalg.norm(np.atleast_1d(a - b)) / np.linalg.norm(np.atleast_1d(b))
+
+    # Same values: only the order of floating-point sums may differ (measured: <= 2e-7, the
+    # SHINE estimates being the most sensitive to the solver's path).
+    np.testing.assert_allclose(r32.value, r64.value, rtol=1e-12)
+    assert gap(r32.grad, r64.grad) <= 1e-6
+    # Data rounded by ~6e-8: results within a moderate condition number of that (measured:
+    # <= 7e-7 for the hypergradient, 3e-8 for the value).
+    np.testing.assert_allclose(r32.value, orig.value, rtol=1e-6)
+    assert gap(r32.grad, orig.grad) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_estimator_with_float32_input(kind):
+    X, y, _, _ = data_for(kind, n=120)
+    model = LogisticRegression() if kind == "logistic" else Ridge()
+
+    def fit(A):
+        est = BilevelEstimator(
+            model, cv=3, hypergradient="cg", init=3.0, max_outer_iter=10, random_state=0
+        )
+        with outcome() as caught:
+            est.fit(A, y)
+        assert not caught
+        return est
+
+    e32, e64 = fit(X.astype(np.float32)), fit(X)
+    np.testing.assert_allclose(e32.best_score_, e64.best_score_, rtol=1e-3)
+    assert abs(e32.best_log_alpha_ - e64.best_log_alpha_) <= 0.05
+    assert finite(e32.predict(X.astype(np.float32)))
+    if kind == "logistic":
+        np.testing.assert_allclose(e32.predict_proba(X), e64.predict_proba(X), atol=1e-2)
+    else:
+        np.testing.assert_allclose(e32.predict(X), e64.predict(X), rtol=1e-2, atol=1e-2)
+
+
+# --------------------------------------------------------------------------------------------
+# Huge and tiny feature scales
+# --------------------------------------------------------------------------------------------
+SCALES = (1e6, 1e-6)
+
+
+def _scaled_pair(kind, scale, fit_intercept):
+    """The problem on ``X`` and on ``scale * X``: ``coef' = coef / scale`` and
+    ``alpha' = alpha * scale^2`` give the same predictions and the same objective, so the
+    outer loss and its gradient in ``log_alpha`` are invariant when ``log_alpha`` is shifted by
+    ``2 log(scale)``."""
+    X, y, X_val, y_val = data_for(kind, offset=1.0)
+    reference = pair(kind, X, y, X_val, y_val, fit_intercept=fit_intercept)
+    scaled = pair(kind, X * scale, y, X_val * scale, y_val, fit_intercept=fit_intercept)
+    return reference, scaled, 2.0 * math.log(scale)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_huge_and_tiny_feature_scales_stay_finite(method, kind, fit_intercept, scale):
+    (_, _), (inner, outer), shift = _scaled_pair(kind, scale, fit_intercept)
+    for log_alpha in (BOUNDS[0], 0.0, shift, BOUNDS[1]):
+        with outcome() as caught:
+            res = hypergradient(inner, outer, log_alpha, method=method, tol=1e-8)
+        assert categories(caught) <= {ConvergenceWarning}
+        assert finite(res.value, res.grad, res.coef, res.q)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_hypergradient_is_invariant_to_feature_scale_without_intercept(kind, scale):
+    """Without an intercept, ``||grad r(0)||`` scales like the features, so the relative
+    inner tolerance means the same on both problems and the results agree to it."""
+    (inner, outer), (inner_s, outer_s), shift = _scaled_pair(kind, scale, False)
+    ref = hypergradient(inner, outer, 0.5, method="cg", tol=1e-6)
+    res = hypergradient(inner_s, outer_s, 0.5 + shift, method="cg", tol=1e-6)
+    np.testing.assert_allclose(res.value, ref.value, rtol=1e-5)
+    np.testing.assert_allclose(res.grad, ref.grad, rtol=1e-3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: the inner tolerance is relative to ||grad r(0)||, which an unscaled intercept "
+        "dominates when the features are tiny (the coefficients are never fitted) and which "
+        "the coefficients dominate when they are huge (the intercept is never fitted): at "
+        "tol=1e-6 the hypergradient is off by 1% to 100%"
+    ),
+)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_hypergradient_is_invariant_to_feature_scale_with_intercept(kind, scale):
+    (inner, outer), (inner_s, outer_s), shift = _scaled_pair(kind, scale, True)
+    ref = hypergradient(inner, outer, 0.5, method="cg", tol=1e-6)
+    res = hypergradient(inner_s, outer_s, 0.5 + shift, method="cg", tol=1e-6)
+    # Measured: relative errors of 1 to 8 in the hypergradient (even its sign flips for
+    # logistic, scale 1e6), up to 4 in the value; 1e-6 to 1e-8 without an intercept.
+    np.testing.assert_allclose(res.grad, ref.grad, rtol=1e-3)
+    np.testing.assert_allclose(res.value, ref.value, rtol=1e-5)
+
+
+def _cv_loss(model, X, y, folds) -> float:
+    """Mean held-out loss of ``model`` refitted (tightly) on each training part."""
+    losses = []
+    for train, val in folds:
+        m = model.fit(X[train], y[train])
+        if isinstance(model, LogisticRegression):
+            p = m.predict_proba(X[val])[:, 1]
+            losses.append(-np.mean(np.where(y[val] == 1, np.log(p), np.log1p(-p))))
+        else:
+            losses.append(np.mean((m.predict(X[val]) - y[val]) ** 2))
+    return float(np.mean(losses))
+
+
+def _best_score_check(kind, scale, fit_intercept=True):
+    X, y, _, _ = data_for(kind, n=80, offset=1.0)
+    Xs = X * scale
+    if kind == "logistic":
+        model = LogisticRegression(C=scale**-2, fit_intercept=fit_intercept)
+        splitter = StratifiedKFold
+    else:
+        model, splitter = Ridge(alpha=scale**2, fit_intercept=fit_intercept), KFold
+    est = BilevelEstimator(model, cv=3, random_state=0, bounds=(-60.0, 60.0))
+    with outcome():
+        est.fit(Xs, y)
+    folds = list(splitter(3, shuffle=True, random_state=0).split(Xs, y))
+    # The reference is computed by scikit-learn on the unscaled X with the equivalent penalty
+    # (alpha / scale^2, i.e. C * scale^2), where its own solver is well conditioned.
+    if kind == "logistic":
+        C = est.best_params_["C"] * scale**2
+        reference = LogisticRegression(
+            C=C, tol=1e-12, max_iter=100_000, fit_intercept=fit_intercept
+        )
+    else:
+        reference = Ridge(alpha=est.best_params_["alpha"] / scale**2, fit_intercept=fit_intercept)
+    # best_score_ is minus the cross-validated loss of best_params_.
+    np.testing.assert_allclose(-est.best_score_, _cv_loss(reference, X, y, folds), rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("scale", "fit_intercept"), [(1.0, True), (1.0, False), (1e6, False), (1e-6, False)]
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_best_score_is_the_cv_loss_of_best_params(kind, scale, fit_intercept):
+    """Well scaled, or scaled without an intercept (where the relative tolerance is scale
+    invariant): ``best_score_`` is the CV loss of ``best_params_``."""
+    _best_score_check(kind, scale, fit_intercept)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["shine-opa", "cg"])
+def test_estimator_with_huge_and_tiny_feature_scales(method, kind, scale):
+    """Default bounds: the best penalty of the scaled problem lies beyond them (it is shifted
+    by 2 log(scale) = +-27.6). Expected: a finite result within the bounds, no overflow."""
+    X, y, _, _ = data_for(kind, n=90, offset=1.0)
+    model = LogisticRegression() if kind == "logistic" else Ridge()
+    est = BilevelEstimator(model, cv=3, hypergradient=method, max_outer_iter=10, random_state=0)
+    with outcome() as caught:
+        est.fit(X * scale, y)
+    assert categories(caught) <= {ConvergenceWarning}
+    assert BOUNDS[0] <= est.best_log_alpha_ <= BOUNDS[1]
+    assert finite(est.best_score_, est.predict(X * scale))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: same cause as the intercept case above; with an intercept and features scaled "
+        "by 1e6 (1e-6) the inner solves at the search's tolerances leave the intercept (the "
+        "coefficients) unfitted, and best_score_ is off the CV loss of best_params_ by 7% "
+        "(logistic, 1e6) and 150% (ridge, 1e-6)"
+    ),
+)
+@pytest.mark.parametrize(("kind", "scale"), [("logistic", 1e6), ("ridge", 1e-6)])
+def test_best_score_is_the_cv_loss_of_best_params_for_scaled_features(kind, scale):
+    _best_score_check(kind, scale)
+
+
+# --------------------------------------------------------------------------------------------
+# Determinism
+# --------------------------------------------------------------------------------------------
+def _folds(kind, n_folds=3, per_feature=False):
+    X, y, X_val, y_val = data_for(kind, n=90, n_val=30)
+    X_all, y_all = np.vstack([X, X_val]), np.concatenate([y, y_val])
+    inners, outers = [], []
+    for train, val in KFold(n_folds, shuffle=True, random_state=0).split(X_all):
+        inner, outer = pair(
+            kind, X_all[train], y_all[train], X_all[val], y_all[val], per_feature=per_feature
+        )
+        inners.append(inner)
+        outers.append(outer)
+    return inners, outers
+
+
+@pytest.mark.parametrize("per_feature", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_search_is_deterministic_across_runs_and_n_jobs(method, kind, per_feature):
+    inners, outers = _folds(kind, per_feature=per_feature)
+    start = np.zeros(inners[0].hyper_shape)
+
+    def run(n_jobs):
+        with joblib.parallel_config(backend="threading"):
+            return solve_bilevel(inners, outers, start, method=method, max_iter=8, n_jobs=n_jobs)
+
+    first, again, threaded = run(1), run(1), run(2)
+    assert len(first.history) > 1
+    assert bits(first.history) == bits(again.history) == bits(threaded.history)
+    assert first.log_alpha.tobytes() == threaded.log_alpha.tobytes()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(first.coef, threaded.coef, strict=True))
+
+
+@pytest.mark.parametrize("per_feature", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["shine-opa", "cg"])
+def test_estimator_is_deterministic_across_runs_and_n_jobs(method, kind, per_feature):
+    X, y, _, _ = data_for(kind, n=120)
+    model = LogisticRegression() if kind == "logistic" else Ridge()
+
+    def fit(n_jobs):
+        est = BilevelEstimator(
+            model,
+            cv=4,
+            hypergradient=method,
+            per_feature=per_feature,
+            max_outer_iter=8,
+            n_jobs=n_jobs,
+            random_state=7,
+        )
+        with joblib.parallel_config(backend="threading"):
+            return est.fit(X, y)
+
+    first, again, threaded = fit(1), fit(1), fit(2)
+    assert bits(first.history_) == bits(again.history_) == bits(threaded.history_)
+    assert (
+        np.asarray(first.best_log_alpha_).tobytes()
+        == np.asarray(threaded.best_log_alpha_).tobytes()
+    )
+    np.testing.assert_array_equal(first.predict(X), threaded.predict(X))
+    final = first.best_estimator_
+    final_threaded = threaded.best_estimator_
+    if per_feature:
+        final, final_threaded = final.named_steps["model"], final_threaded.named_steps["model"]
+    assert final.coef_.tobytes() == final_threaded.coef_.tobytes()
