@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+from ._validation import class_labels
+
 __all__ = [
+    "LogisticLoss",
+    "SquaredLoss",
     "logistic_curvature",
     "logistic_loss",
     "logistic_loss_and_derivative",
@@ -77,3 +81,37 @@ def squared_loss(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 def squared_loss_derivative(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Derivative of :func:`squared_loss` in ``z``."""
     return z - y
+
+
+class LogisticLoss:
+    """Mixin for the inner problem and the held-out criterion of logistic regression.
+
+    Encodes the labels (``classes_``; ``n_outputs`` is 1 for two classes, else the number of
+    classes) and gives the per-sample loss and its derivative (binary or softmax), so that the
+    problem and the criterion cannot disagree. Expects ``self._classes_arg`` to be set.
+    """
+
+    def _encode_targets(self, y):
+        targets, self.classes_ = class_labels(y, self._classes_arg)
+        n_classes = self.classes_.shape[0]
+        self.n_outputs = 1 if n_classes == 2 else n_classes
+        return targets
+
+    def _loss_and_derivative(self, z):
+        if self.n_outputs == 1:
+            return logistic_loss_and_derivative(z, self.y)
+        loss, derivative, _ = softmax_cross_entropy(z, self.y)
+        return loss, derivative
+
+
+class SquaredLoss:
+    """Mixin for the inner problem and the held-out criterion of least squares."""
+
+    def _encode_targets(self, y):
+        y = np.asarray(y, dtype=np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y must be finite.")
+        return y
+
+    def _loss_and_derivative(self, z):
+        return squared_loss(z, self.y), squared_loss_derivative(z, self.y)

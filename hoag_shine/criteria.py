@@ -10,13 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._linear import LinearDesign
-from ._losses import (
-    logistic_loss_and_derivative,
-    softmax_cross_entropy,
-    squared_loss,
-    squared_loss_derivative,
-)
-from ._validation import check_data, check_sample_weight, class_labels
+from ._losses import LogisticLoss, SquaredLoss
+from ._validation import check_data, check_sample_weight
 
 __all__ = ["HeldOutLogLoss", "HeldOutMSE"]
 
@@ -100,7 +95,7 @@ class _HeldOutCriterion:
         return value, self.design.transpose_product(residual, intercept)
 
 
-class HeldOutLogLoss(_HeldOutCriterion):
+class HeldOutLogLoss(LogisticLoss, _HeldOutCriterion):
     """Mean held-out logistic loss ``mean_i log(1 + exp(-y_i x_i^T w))``.
 
     Equal to :func:`sklearn.metrics.log_loss` of the model's probabilities. With three or more
@@ -124,20 +119,8 @@ class HeldOutLogLoss(_HeldOutCriterion):
         self._classes_arg = classes
         super().__init__(X, y, sample_weight=sample_weight)
 
-    def _encode_targets(self, y):
-        targets, self.classes_ = class_labels(y, self._classes_arg)
-        n_classes = self.classes_.shape[0]
-        self.n_outputs = 1 if n_classes == 2 else n_classes
-        return targets
 
-    def _loss_and_derivative(self, z):
-        if self.n_outputs == 1:
-            return logistic_loss_and_derivative(z, self.y)
-        loss, derivative, _ = softmax_cross_entropy(z, self.y)
-        return loss, derivative
-
-
-class HeldOutMSE(_HeldOutCriterion):
+class HeldOutMSE(SquaredLoss, _HeldOutCriterion):
     """Mean held-out squared error ``mean_i (y_i - x_i^T w)^2`` (no factor 1/2).
 
     Equal to :func:`sklearn.metrics.mean_squared_error`.
@@ -153,12 +136,3 @@ class HeldOutMSE(_HeldOutCriterion):
     """
 
     _scale = 2.0
-
-    def _encode_targets(self, y):
-        y = np.asarray(y, dtype=np.float64)
-        if not np.all(np.isfinite(y)):
-            raise ValueError("y must be finite.")
-        return y
-
-    def _loss_and_derivative(self, z):
-        return squared_loss(z, self.y), squared_loss_derivative(z, self.y)

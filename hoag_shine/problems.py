@@ -22,14 +22,13 @@ import numpy as np
 from ._array import axpy
 from ._linear import LinearDesign
 from ._losses import (
+    LogisticLoss,
+    SquaredLoss,
     logistic_curvature,
-    logistic_loss_and_derivative,
     softmax_cross_entropy,
     softmax_hessian_product,
-    squared_loss,
-    squared_loss_derivative,
 )
-from ._validation import check_data, check_sample_weight, class_labels
+from ._validation import check_data, check_sample_weight
 
 __all__ = ["LOG_ALPHA_LIMIT", "LogisticRegressionProblem", "RidgeProblem"]
 
@@ -320,7 +319,7 @@ class _PenalizedLinearProblem:
         return self._gradient_scale
 
 
-class LogisticRegressionProblem(_PenalizedLinearProblem):
+class LogisticRegressionProblem(LogisticLoss, _PenalizedLinearProblem):
     """L2-regularized logistic regression, scikit-learn's objective with ``C = 1/alpha``.
 
     Two classes (binary, labels mapped to {-1, +1}):
@@ -367,18 +366,6 @@ class LogisticRegressionProblem(_PenalizedLinearProblem):
             X, y, fit_intercept=fit_intercept, per_feature=per_feature, sample_weight=sample_weight
         )
 
-    def _encode_targets(self, y):
-        targets, self.classes_ = class_labels(y, self._classes_arg)
-        n_classes = self.classes_.shape[0]
-        self.n_outputs = 1 if n_classes == 2 else n_classes
-        return targets
-
-    def _loss_and_derivative(self, z):
-        if self.n_outputs == 1:
-            return logistic_loss_and_derivative(z, self.y)
-        loss, derivative, _ = softmax_cross_entropy(z, self.y)
-        return loss, derivative
-
     def _loss_hessian(self, z):
         if self.n_outputs == 1:
             curvature = logistic_curvature(z)
@@ -387,7 +374,7 @@ class LogisticRegressionProblem(_PenalizedLinearProblem):
         return lambda dz: softmax_hessian_product(proba, dz)
 
 
-class RidgeProblem(_PenalizedLinearProblem):
+class RidgeProblem(SquaredLoss, _PenalizedLinearProblem):
     """L2-regularized least squares, half of scikit-learn's ``Ridge(alpha)`` objective.
 
     ``r(w, log_alpha) = 1/2 sum_i s_i (y_i - x_i . coef - b)^2 + alpha/2 ||coef||^2``.
@@ -405,15 +392,6 @@ class RidgeProblem(_PenalizedLinearProblem):
     sample_weight : array-like of shape (n_samples,), optional
         Per-sample weights of the loss.
     """
-
-    def _encode_targets(self, y):
-        y = np.asarray(y, dtype=np.float64)
-        if not np.all(np.isfinite(y)):
-            raise ValueError("y must be finite.")
-        return y
-
-    def _loss_and_derivative(self, z):
-        return squared_loss(z, self.y), squared_loss_derivative(z, self.y)
 
     def _loss_hessian(self, z):
         return lambda dz: dz

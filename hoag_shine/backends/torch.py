@@ -253,6 +253,40 @@ def _softmax_hessian_product(proba, dz):
 
 
 # -- design ------------------------------------------------------------------------------------
+class _TorchLogisticLoss:
+    """Mixin: labels and loss of logistic regression, shared by the problem and the criterion."""
+
+    def _encode_targets(self, y):
+        targets, self.classes_ = class_labels(y, self._classes_arg)
+        n_classes = self.classes_.shape[0]
+        self.n_outputs = 1 if n_classes == 2 else n_classes
+        if self.n_outputs == 1:
+            self.y = self._tensor(targets)
+        else:
+            self.y = torch.as_tensor(targets, dtype=torch.int64, device=self.device)
+            self._onehot = torch.nn.functional.one_hot(self.y, n_classes).to(self.dtype)
+
+    def _loss_and_derivative(self, z):
+        if self.n_outputs == 1:
+            return _logistic_loss_and_derivative(z, self.y)
+        loss, derivative, _ = _softmax_cross_entropy(z, self.y, self._onehot)
+        return loss, derivative
+
+
+class _TorchSquaredLoss:
+    """Mixin: targets and loss of least squares, shared by the problem and the criterion."""
+
+    def _encode_targets(self, y):
+        y = np.asarray(y, dtype=np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y must be finite.")
+        self.y = self._tensor(y)
+
+    def _loss_and_derivative(self, z):
+        residual = z - self.y
+        return 0.5 * residual**2, residual
+
+
 class _TorchDesign:
     """Torch counterpart of :class:`hoag_shine._linear.LinearDesign` (same coefficient layout)."""
 
@@ -572,7 +606,7 @@ class _TorchPenalizedLinearProblem(_TorchTensors):
         return self._gradient_scale
 
 
-class TorchLogisticRegressionProblem(_TorchPenalizedLinearProblem):
+class TorchLogisticRegressionProblem(_TorchLogisticLoss, _TorchPenalizedLinearProblem):
     """L2-regularized logistic regression on torch tensors (scikit-learn's, ``C = 1/alpha``).
 
     The objective, the label encoding and the coefficient layout are those of
@@ -631,22 +665,6 @@ class TorchLogisticRegressionProblem(_TorchPenalizedLinearProblem):
             dtype=dtype,
         )
 
-    def _encode_targets(self, y):
-        targets, self.classes_ = class_labels(y, self._classes_arg)
-        n_classes = self.classes_.shape[0]
-        self.n_outputs = 1 if n_classes == 2 else n_classes
-        if self.n_outputs == 1:
-            self.y = self._tensor(targets)
-        else:
-            self.y = torch.as_tensor(targets, dtype=torch.int64, device=self.device)
-            self._onehot = torch.nn.functional.one_hot(self.y, n_classes).to(self.dtype)
-
-    def _loss_and_derivative(self, z):
-        if self.n_outputs == 1:
-            return _logistic_loss_and_derivative(z, self.y)
-        loss, derivative, _ = _softmax_cross_entropy(z, self.y, self._onehot)
-        return loss, derivative
-
     def _loss_hessian(self, z):
         if self.n_outputs == 1:
             curvature = _logistic_curvature(z)
@@ -655,7 +673,7 @@ class TorchLogisticRegressionProblem(_TorchPenalizedLinearProblem):
         return lambda dz: _softmax_hessian_product(proba, dz)
 
 
-class TorchRidgeProblem(_TorchPenalizedLinearProblem):
+class TorchRidgeProblem(_TorchSquaredLoss, _TorchPenalizedLinearProblem):
     """L2-regularized least squares on torch tensors, half of scikit-learn's ``Ridge(alpha)``.
 
     The objective and layout of :class:`~hoag_shine.problems.RidgeProblem`.
@@ -677,16 +695,6 @@ class TorchRidgeProblem(_TorchPenalizedLinearProblem):
     dtype : {None, "float64", "float32"} or torch.dtype, default=None
         Floating dtype of the computation (None: float64).
     """
-
-    def _encode_targets(self, y):
-        y = np.asarray(y, dtype=np.float64)
-        if not np.all(np.isfinite(y)):
-            raise ValueError("y must be finite.")
-        self.y = self._tensor(y)
-
-    def _loss_and_derivative(self, z):
-        residual = z - self.y
-        return 0.5 * residual**2, residual
 
     def _loss_hessian(self, z):
         return lambda dz: dz
@@ -769,7 +777,7 @@ class _TorchHeldOutCriterion(_TorchTensors):
         return value, self.design.transpose_product(residual, intercept)
 
 
-class TorchHeldOutLogLoss(_TorchHeldOutCriterion):
+class TorchHeldOutLogLoss(_TorchLogisticLoss, _TorchHeldOutCriterion):
     """Mean held-out logistic loss on torch tensors.
 
     The criterion of :class:`~hoag_shine.criteria.HeldOutLogLoss` (binary or multinomial).
@@ -794,24 +802,8 @@ class TorchHeldOutLogLoss(_TorchHeldOutCriterion):
         self._classes_arg = classes
         super().__init__(X, y, sample_weight=sample_weight, device=device, dtype=dtype)
 
-    def _encode_targets(self, y):
-        targets, self.classes_ = class_labels(y, self._classes_arg)
-        n_classes = self.classes_.shape[0]
-        self.n_outputs = 1 if n_classes == 2 else n_classes
-        if self.n_outputs == 1:
-            self.y = self._tensor(targets)
-        else:
-            self.y = torch.as_tensor(targets, dtype=torch.int64, device=self.device)
-            self._onehot = torch.nn.functional.one_hot(self.y, n_classes).to(self.dtype)
 
-    def _loss_and_derivative(self, z):
-        if self.n_outputs == 1:
-            return _logistic_loss_and_derivative(z, self.y)
-        loss, derivative, _ = _softmax_cross_entropy(z, self.y, self._onehot)
-        return loss, derivative
-
-
-class TorchHeldOutMSE(_TorchHeldOutCriterion):
+class TorchHeldOutMSE(_TorchSquaredLoss, _TorchHeldOutCriterion):
     """Mean held-out squared error on torch tensors.
 
     The criterion of :class:`~hoag_shine.criteria.HeldOutMSE` (no factor 1/2).
@@ -831,16 +823,6 @@ class TorchHeldOutMSE(_TorchHeldOutCriterion):
     """
 
     _scale = 2.0
-
-    def _encode_targets(self, y):
-        y = np.asarray(y, dtype=np.float64)
-        if not np.all(np.isfinite(y)):
-            raise ValueError("y must be finite.")
-        self.y = self._tensor(y)
-
-    def _loss_and_derivative(self, z):
-        residual = z - self.y
-        return 0.5 * residual**2, residual
 
 
 # -- user-defined problems (autograd) ----------------------------------------------------------
