@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from copy import deepcopy
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from ._array import namespace, to_numpy
 from .backends import BACKENDS, check_backend, make_criterion, make_problem
 from .criteria import HeldOutLogLoss, HeldOutMSE
-from .hypergradients import METHODS
+from .hypergradients import METHODS, stopping_measure
 from .outer import OPTIMIZERS, ToleranceSchedule, solve_bilevel
 from .problems import LogisticRegressionProblem, RidgeProblem
 from .solvers import LBFGS
@@ -72,7 +73,8 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
     "check_sample_weight_equivalence_on_sparse_data": _SAMPLE_WEIGHT_REASON,
 }
 
-#: Relative tolerance (to ``||grad r(0)||``) of the refit on all the data.
+#: Relative tolerance of the refit on all the data (see ``relative_gradient_norm`` of the
+#: problems).
 REFIT_TOL = 1e-8
 
 _SUPPORTED = (
@@ -353,6 +355,12 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
     dtype : {None, "float64", "float32"}, default=None
         Floating dtype of the torch computation (None: float64; float32 is faster on GPUs but
         limits the inner tolerance to about 1e-6). The numpy backend computes in float64.
+    checkpoint : str or path-like, default=None
+        A file to which the search writes its state after every outer iteration (see
+        :func:`hoag_shine.solve_bilevel`). When it exists, ``fit`` resumes the search from it
+        and ends as an uninterrupted ``fit`` would (with the same data, folds and settings;
+        else a ValueError says what differs: with ``cv`` an int or a float, fix
+        ``random_state``). The refit on all the data follows the search as usual.
 
     Attributes
     ----------
@@ -420,6 +428,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         "backend": [StrOptions(set(BACKENDS))],
         "device": "no_validation",  # checked in fit (a str or a torch.device)
         "dtype": "no_validation",  # checked in fit (float64 or float32, any spelling)
+        "checkpoint": [None, str, os.PathLike],
     }
 
     def __init__(
@@ -442,6 +451,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         backend="numpy",
         device=None,
         dtype=None,
+        checkpoint=None,
     ):
         self.estimator = estimator
         self.cv = cv
@@ -460,6 +470,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         self.backend = backend
         self.device = device
         self.dtype = dtype
+        self.checkpoint = checkpoint
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -552,6 +563,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
                     bounds=bounds,
                     callback=progress,
                     n_jobs=self.n_jobs,
+                    checkpoint=self.checkpoint,
                 )
         finally:
             progress.close()
@@ -714,7 +726,8 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         )
         solver = LBFGS(
             memory_size=10,
-            tol=REFIT_TOL * problem.gradient_scale,
+            tol=REFIT_TOL,
+            gradient_norm=stopping_measure(problem),
             max_iter=max(1000, spec.max_iter),
         )
         memory = result.fold_results[0].inner_state.memory if result.fold_results else None
@@ -732,7 +745,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         if not state.converged:
             warnings.warn(
                 f"The refit on all the data stopped before convergence ({state.message}; "
-                f"gradient norm {state.grad_norm:.3g} > {solver.tol:.3g} after "
+                f"relative gradient norm {state.grad_norm:.3g} > {solver.tol:.3g} after "
                 f"{state.n_iter} iterations).",
                 ConvergenceWarning,
                 stacklevel=3,

@@ -182,8 +182,10 @@ def hypergradient(
     method : {"cg", "shine", "shine-opa", "shine-refine", "jacobian-free"}
         How the adjoint ``q = H^{-1} grad_w outer`` is obtained (see the module docstring).
     tol : float
-        Inner tolerance, relative to the problem's gradient scale: L-BFGS stops when
-        ``||grad_w r|| <= tol * ||grad_w r(0)||``.
+        Relative inner tolerance: L-BFGS stops when ``inner.relative_gradient_norm(g) <= tol``
+        for its gradient ``g`` (for the built-in problems, each block of coefficients, the
+        features' and the intercepts', relative to its own scale at ``w = 0``), or, for a
+        problem without that method, when ``||g|| <= tol * inner.gradient_scale``.
     coef0 : array, optional
         Warm start of the inner solution (not modified); converted to the backend, dtype and
         device of ``inner.init_coef()`` when it differs (numpy or torch).
@@ -196,11 +198,13 @@ def hypergradient(
     q0 : array, optional
         Warm start of the CG adjoint solve (converted like ``coef0``).
     solver : LBFGS, optional
-        Inner solver configuration; its ``tol`` is replaced as described above. Defaults to
-        :func:`default_solver` of ``method``.
+        Inner solver configuration; its ``tol`` and ``gradient_norm`` are replaced as
+        described above. Defaults to :func:`default_solver` of ``method``.
     cg_tol : float, optional
         Relative residual tolerance of CG (``cg``, ``shine-refine`` and the safeguard's
-        fallback); defaults to ``tol``.
+        fallback), with the residual measured like the inner gradient:
+        ``m(v - H q) <= cg_tol * m(v)`` for the stopping measure ``m`` described under
+        ``tol``; defaults to ``tol``.
     cg_max_iter : int
         Maximum CG iterations (in floating point, CG may need more than the dimension).
     refine_iter : int
@@ -231,9 +235,11 @@ def hypergradient(
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a positive number, got {tol!r}.")
     base = solver if solver is not None else default_solver(method)
+    measure = stopping_measure(inner)
     solver = replace(
         base,
-        tol=tol * inner.gradient_scale,
+        tol=tol,
+        gradient_norm=measure,
         opa_freq=base.opa_freq if method == "shine-opa" else None,
     )
     # The problem's zero vector fixes the backend, dtype and device; warm starts are brought
@@ -258,8 +264,9 @@ def hypergradient(
         notes.append(
             (
                 ConvergenceWarning,
-                f"Inner solver stopped before convergence ({state.message}; gradient norm "
-                f"{state.grad_norm:.3g} > {solver.tol:.3g} after {state.n_iter} iterations). "
+                f"Inner solver stopped before convergence ({state.message}; relative "
+                f"gradient norm {state.grad_norm:.3g} > {tol:.3g} after {state.n_iter} "
+                "iterations). "
                 "The hypergradient uses the last iterate; raise max_iter or loosen tol.",
             )
         )
@@ -268,22 +275,26 @@ def hypergradient(
 
     start = time.perf_counter()
     value, v = outer.value_and_grad(w)
+    v_norm = max(measure(v), np.finfo(float).tiny)
     hessian = _CountingOperator(lambda: inner.hessian_operator(w, la))
     cg_tol = tol if cg_tol is None else cg_tol
     info: dict[str, Any] = {"method": method, "backward": method, "cg_iter": 0}
 
     def run_cg(start_point, max_iter, warn=True):
-        result = conjugate_gradient(hessian, v, start_point, rtol=cg_tol, max_iter=max_iter)
+        # The residual has the units of a gradient: measured like the inner solver's.
+        result = conjugate_gradient(
+            hessian, v, start_point, rtol=cg_tol, max_iter=max_iter, vector_norm=measure
+        )
         info["cg_iter"] += result.n_iter
         if warn and not result.converged:
             notes.append(
                 (
                     ConvergenceWarning,
-                    f"CG stopped at relative residual {result.residual_norm / norm(v):.3g} > "
+                    f"CG stopped at relative residual {result.residual_norm / v_norm:.3g} > "
                     f"{cg_tol:.3g} after {result.n_iter} iterations; raise cg_max_iter.",
                 )
             )
-        info["adjoint_residual"] = result.residual_norm / max(norm(v), np.finfo(float).tiny)
+        info["adjoint_residual"] = result.residual_norm / v_norm
         return result.x
 
     if method == "cg":
@@ -320,6 +331,28 @@ def hypergradient(
         for category, message in notes:
             warnings.warn(message, category, stacklevel=2)
     return HypergradientResult(value=value, grad=grad, coef=w, q=q, inner_state=state, info=info)
+
+
+def stopping_measure(inner) -> Callable[[Any], float]:
+    """The inner solver's stopping measure for ``inner``: ``g -> float``, relative.
+
+    The problem's own ``relative_gradient_norm`` when it has one (the built-in problems measure
+    the features' and the intercepts' blocks separately), else ``||g|| / inner.gradient_scale``.
+
+    Parameters
+    ----------
+    inner : problem
+        An inner problem.
+
+    Returns
+    -------
+    callable
+    """
+    measure = getattr(inner, "relative_gradient_norm", None)
+    if measure is not None:
+        return measure
+    scale = inner.gradient_scale
+    return lambda g: norm(g) / scale
 
 
 #: The safeguard rescales SHINE's adjoint when its minimal-residual scale is outside this band.

@@ -15,6 +15,10 @@ published rule allows; any other step is accepted as it is. Unlike the published
 each accepted step is applied once, and the test compares the candidate with the current point
 (not with a lagged one).
 
+A search can write its state to a checkpoint file at every outer iteration (``checkpoint``)
+and resume from it, on the same path as an uninterrupted search (see :mod:`hoag_shine._checkpoint`
+for the file and the fingerprint that guards against resuming with other inputs).
+
 The loop is backend-agnostic: ``log_alpha``, the hypergradients and the history are numpy arrays
 and floats on the host, while each fold's inner solution, adjoint and L-BFGS memory stay in its
 problem's backend and device (numpy, or torch on a CPU or GPU, see :mod:`hoag_shine.backends`)
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,6 +39,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
+from . import _checkpoint
 from .hypergradients import HypergradientResult, _check_method, hypergradient
 
 __all__ = ["OPTIMIZERS", "BilevelResult", "ToleranceSchedule", "solve_bilevel"]
@@ -158,6 +164,23 @@ class _Evaluation:
     inner_tol: float
 
 
+@dataclass
+class _SearchState:
+    """Everything a search needs to go on: what a checkpoint holds.
+
+    ``best`` may be ``current`` itself (pickling keeps the identity). ``warm`` holds each fold's
+    warm start for the next evaluation (inner solution, adjoint, L-BFGS memory).
+    """
+
+    history: list[dict[str, Any]]
+    warm: list[dict[str, Any]]
+    current: _Evaluation | None = None
+    best: _Evaluation | None = None
+    step: float = 0.0
+    tol_factor: float = 1.0
+    adam: _AdamState | None = None
+
+
 def _evaluate_fold(inner, outer, log_alpha, warm, options) -> HypergradientResult:
     # Warnings travel back in info["warnings"] and are emitted by the caller in the main thread
     # (joblib workers do not forward them, and catch_warnings is not thread-safe).
@@ -183,6 +206,7 @@ def solve_bilevel(
     warm_start_memory: bool = True,
     n_jobs: int | None = None,
     hypergradient_options: dict[str, Any] | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> BilevelResult:
     """Minimize the held-out criterion over ``log_alpha``.
 
@@ -215,7 +239,7 @@ def solve_bilevel(
     xtol : float
         Stop when an accepted step moves ``log_alpha`` by less than this (in norm).
     time_budget : float, optional
-        Stop after this many seconds (checked between iterations).
+        Stop after this many seconds of this call (checked between iterations).
     callback : callable, optional
         Called with each history record; returning True stops the search.
     warm_start_memory : bool
@@ -227,10 +251,28 @@ def solve_bilevel(
     hypergradient_options : dict, optional
         Extra keyword arguments for :func:`~hoag_shine.hypergradient` (e.g. ``solver``,
         ``safeguard``, ``refine_iter``).
+    checkpoint : str or path-like, optional
+        A file to which the state of the search is written after every outer iteration: the
+        history, the current and best points, the optimizer's state (step, tolerance factor,
+        Adam's moments) and each fold's warm start (inner solution, adjoint, L-BFGS memory);
+        torch tensors are stored as numpy arrays. Each write replaces the file atomically, so
+        an interruption leaves the previous or the new state. When the file exists, the search
+        resumes from it and follows the path the uninterrupted search would have followed
+        (bitwise, the records' ``time`` apart, which runs on from the checkpoint's). A
+        checkpoint of other data, another start or other settings raises a ValueError that
+        says what differs; ``max_iter``, ``xtol``, ``time_budget``, ``callback`` and
+        ``n_jobs`` may change, so a finished search can be extended. The file is kept at the
+        end. It is a pickle: load only checkpoints you wrote.
 
     Returns
     -------
     BilevelResult
+
+    Raises
+    ------
+    ValueError
+        For invalid arguments, and for a checkpoint that cannot be read or belongs to another
+        search.
     """
     method = _check_method(method)
     if optimizer not in OPTIMIZERS:
@@ -251,19 +293,40 @@ def solve_bilevel(
     options["method"] = method
     log_alpha = np.clip(inners[0].check_log_alpha(log_alpha0), low, high)
 
-    start = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    warm = [{} for _ in inners]
-    tol_factor = 1.0
+    fingerprint = None
+    state = None
+    if checkpoint is not None:
+        # What changes the path must match the checkpoint; stopping rules may differ.
+        settings = {
+            "method": method,
+            "optimizer": optimizer,
+            "tol_schedule": schedule,
+            "bounds": (low, high),
+            "step_size": step_size,
+            "initial_step": initial_step,
+            "reject_increase": reject_increase,
+            "warm_start_memory": warm_start_memory,
+            "hypergradient_options": options,
+        }
+        fingerprint = _checkpoint.fingerprint(inners, outers, log_alpha, settings)
+        if os.path.exists(checkpoint):
+            state = _checkpoint.load(checkpoint, fingerprint)
+            logger.info("resuming the search after %d outer iterations", len(state.history))
+    if state is None:
+        state = _SearchState(history=[], warm=[{} for _ in inners])
+
+    call_start = time.perf_counter()
+    # The records' times run on from a resumed search's last record.
+    start = call_start - (state.history[-1]["time"] if state.history else 0.0)
 
     with Parallel(n_jobs=n_jobs) as parallel:
 
         def evaluate(point, k) -> _Evaluation:
-            tol = max(schedule(k) * tol_factor, schedule.floor)
+            tol = max(schedule(k) * state.tol_factor, schedule.floor)
             fold_options = {**options, "tol": tol}
             results = parallel(
                 delayed(_evaluate_fold)(i, o, point, w, fold_options)
-                for i, o, w in zip(inners, outers, warm, strict=True)
+                for i, o, w in zip(inners, outers, state.warm, strict=True)
             )
             for result in results:
                 for category, message in result.info["warnings"]:
@@ -272,7 +335,7 @@ def solve_bilevel(
             grad = np.mean([r.grad for r in results], axis=0)
             return _Evaluation(point, value, grad, results, tol)
 
-        def record(evaluation: _Evaluation, k, step, accepted) -> bool:
+        def record(evaluation: _Evaluation, k, step, accepted) -> dict[str, Any]:
             folds = evaluation.folds
             backward = sorted({r.info["backward"] for r in folds})
             entry = {
@@ -292,7 +355,7 @@ def solve_bilevel(
                 "step_size": step,
                 "accepted": accepted,
             }
-            history.append(entry)
+            state.history.append(entry)
             logger.info(
                 "outer iteration %d: outer loss %.6g, |grad| %.3g, inner iterations %d, %s",
                 k,
@@ -301,10 +364,16 @@ def solve_bilevel(
                 entry["inner_iter"],
                 entry["backward"],
             )
+            return entry
+
+        def conclude(entry) -> bool:
+            """Save the iteration's state, then call the callback: True stops the search."""
+            if checkpoint is not None:
+                _checkpoint.save(checkpoint, fingerprint, state)
             return bool(callback(entry)) if callback is not None else False
 
         def adopt_warm_start(evaluation: _Evaluation):
-            for fold_warm, result in zip(warm, evaluation.folds, strict=True):
+            for fold_warm, result in zip(state.warm, evaluation.folds, strict=True):
                 fold_warm["coef0"] = result.coef
                 fold_warm["q0"] = result.q
                 if warm_start_memory:
@@ -322,53 +391,57 @@ def solve_bilevel(
         message = "maximum number of iterations reached"
         interrupted = False
         n_final = 0
-        best = current = None
+        stop = False
         try:
-            current = evaluate(log_alpha, 0)
-            best = current
-            adopt_warm_start(current)
-            step = _initial_step(optimizer, step_size, initial_step, current.grad)
-            adam = _AdamState(current.grad.shape) if optimizer == "adam" else None
-            stop = record(current, 0, step, True)
-            for k in range(1, max_iter):
+            if state.current is None:
+                first = evaluate(log_alpha, 0)
+                state.current = state.best = first
+                adopt_warm_start(first)
+                state.step = _initial_step(optimizer, step_size, initial_step, first.grad)
+                state.adam = _AdamState(first.grad.shape) if optimizer == "adam" else None
+                stop = conclude(record(first, 0, state.step, True))
+            for k in range(len(state.history), max_iter):
                 if stop:
                     message = "stopped by callback"
                     break
-                if time_budget is not None and time.perf_counter() - start >= time_budget:
+                if time_budget is not None and time.perf_counter() - call_start >= time_budget:
                     message = "time budget exhausted"
                     break
-                if adam is not None:
-                    direction = adam.direction(current.grad)
+                current = state.current
+                if state.adam is not None:
+                    direction = state.adam.direction(current.grad)
                 else:
                     direction = current.grad
-                candidate = np.clip(current.log_alpha - step * direction, low, high)
+                candidate = np.clip(current.log_alpha - state.step * direction, low, high)
                 move = float(np.linalg.norm(candidate - current.log_alpha))
                 if move < xtol:
                     message = "step below xtol"
                     break
                 trial = evaluate(candidate, k)
                 accepted = True
-                used_step = step
+                used_step = state.step
                 if optimizer == "hoag":
-                    predicted = current.value - 0.5 * step * float(np.sum(current.grad**2))
+                    predicted = current.value - 0.5 * state.step * float(np.sum(current.grad**2))
                     if trial.value > current.value + reject_increase * abs(current.value):
                         accepted = False
-                        step *= 0.5
-                        tol_factor *= 0.5
+                        state.step *= 0.5
+                        state.tol_factor *= 0.5
                     elif trial.value <= predicted:
-                        step *= 1.5
+                        state.step *= 1.5
                     elif trial.value > current.value:
-                        step *= 0.5
-                if trial.value < best.value:
-                    best = trial
-                stop = record(trial, k, used_step, accepted)
+                        state.step *= 0.5
+                if trial.value < state.best.value:
+                    state.best = trial
+                entry = record(trial, k, used_step, accepted)
                 if accepted:
-                    current = trial
-                    adopt_warm_start(current)
-            best, n_final = final_choice(best, current, len(history))
+                    state.current = trial
+                    adopt_warm_start(trial)
+                stop = conclude(entry)
+            best, n_final = final_choice(state.best, state.current, len(state.history))
         except KeyboardInterrupt:
-            if best is None:
+            if state.best is None:
                 raise
+            best = state.best
             interrupted = True
             message = "interrupted"
             warnings.warn(
@@ -382,8 +455,8 @@ def solve_bilevel(
         value=best.value,
         grad=best.grad,
         coef=[r.coef for r in best.folds],
-        history=history,
-        n_iter=len(history),
+        history=state.history,
+        n_iter=len(state.history),
         message=message,
         interrupted=interrupted,
         n_final_evaluations=n_final,

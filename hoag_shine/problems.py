@@ -17,9 +17,11 @@ Each problem provides the value, gradient, Hessian-vector product and the cross 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ._array import axpy
+from ._array import axpy, namespace, norm
 from ._linear import LinearDesign
 from ._losses import (
     LogisticLoss,
@@ -36,7 +38,81 @@ __all__ = ["LOG_ALPHA_LIMIT", "LogisticRegressionProblem", "RidgeProblem"]
 LOG_ALPHA_LIMIT = 100.0
 
 
-class _PenalizedLinearProblem:
+class _BlockTolerance:
+    """Mixin: the relative stopping measure of the inner solver, per block of coefficients.
+
+    With an intercept, the gradient has two blocks in different units: ``X^T r`` scales with
+    the features, the intercepts' ``sum_i r_i`` does not. A single tolerance relative to
+    ``||grad r(0)||`` is then dominated by one block, and the other is never fitted (features
+    scaled by 1e6 leave the intercept unfitted, by 1e-6 the coefficients). Each block is
+    therefore divided by its own scale before the Euclidean norm is taken, so that both must
+    meet the tolerance:
+
+    - coefficients: ``||X^T r(0)||``, the block's gradient at ``w = 0`` (as without an
+      intercept);
+    - intercepts: ``|| sum_i |r_i(0)| ||`` (per output), a bound of the block's gradient at 0
+      ``|sum_i r_i(0)|``, reached when the residuals have one sign. The gradient itself is the
+      class imbalance (or the mean target), which vanishes for balanced classes or centered
+      targets and cannot be a scale.
+
+    Both scales are invariant to the other block's units, so the stopping test is invariant to
+    a rescaling of the features. Backend-agnostic: it needs ``design``, ``init_coef``,
+    ``fit_intercept``, ``_loss_and_derivative`` and ``_weighted``.
+    """
+
+    _scales = None
+
+    def _tolerance_scales(self) -> tuple[float, float, float]:
+        """``(||grad r(0)||, coefficient scale, intercept scale)``, computed once."""
+        if self._scales is None:
+            decision = self.design.decision(self.init_coef())
+            residual = self._weighted(self._loss_and_derivative(decision)[1])
+            g = self.design.transpose_product(residual, self.fit_intercept)
+            xp = namespace(residual)
+            tiny = float(np.finfo(np.float64).tiny)
+            intercept = xp.reshape(xp.sum(xp.abs(residual), axis=0), (-1,))
+            self._scales = (
+                max(norm(g), tiny),
+                max(norm(g[: self.design.n_coef]), tiny),
+                max(norm(intercept), tiny),
+            )
+        return self._scales
+
+    @property
+    def gradient_scale(self) -> float:
+        """``||grad r(0)||``, independent of ``log_alpha``.
+
+        The scale of the relative inner tolerance without an intercept (see
+        :meth:`relative_gradient_norm` for the general case).
+        """
+        return self._tolerance_scales()[0]
+
+    def relative_gradient_norm(self, g) -> float:
+        """The inner solver's stopping measure: the gradient's norm relative to its scale.
+
+        Without an intercept, ``||g|| / ||grad r(0)||``. With intercepts, the Euclidean norm
+        of the pair of the coefficients' ``||g_coef|| / ||X^T r(0)||`` and the intercepts'
+        ``||g_intercept|| / || sum_i |r_i(0)| ||`` (``r(0)`` the weighted loss derivatives at
+        ``w = 0``), so that a tolerance is met by both blocks whatever the features' scale.
+
+        Parameters
+        ----------
+        g : array of shape (n_params,)
+            A gradient of the objective (in the problem's backend).
+
+        Returns
+        -------
+        float
+            Not finite when ``g`` is not.
+        """
+        total, coef_scale, intercept_scale = self._tolerance_scales()
+        if not self.fit_intercept:
+            return norm(g) / total
+        n_coef = self.design.n_coef
+        return math.hypot(norm(g[:n_coef]) / coef_scale, norm(g[n_coef:]) / intercept_scale)
+
+
+class _PenalizedLinearProblem(_BlockTolerance):
     """Common part of the L2-penalized linear problems (see the module docstring)."""
 
     def __init__(self, X, y, *, fit_intercept=False, per_feature=False, sample_weight=None):
@@ -47,7 +123,6 @@ class _PenalizedLinearProblem:
         self.sample_weight = check_sample_weight(sample_weight, self.n_samples, np.float64)
         self.y = self._encode_targets(y)  # sets n_outputs for the multinomial model
         self.design = LinearDesign(X, self.n_outputs)
-        self._gradient_scale = None
         self._penalty_cache = (None, None)
 
     #: Number of linear outputs (columns of the coefficient matrix).
@@ -307,16 +382,6 @@ class _PenalizedLinearProblem:
         if not self.per_feature:
             return np.asarray(per_coord.sum())
         return per_coord.reshape(self.n_features, self.n_outputs).sum(axis=1)
-
-    @property
-    def gradient_scale(self) -> float:
-        """``||grad r(0)||``, independent of ``log_alpha``: the scale of relative tolerances."""
-        if self._gradient_scale is None:
-            zero = self.init_coef()
-            residual = self._weighted(self._loss_and_derivative(self.design.decision(zero))[1])
-            g = self.design.transpose_product(residual, self.fit_intercept)
-            self._gradient_scale = max(float(np.linalg.norm(g)), np.finfo(np.float64).tiny)
-        return self._gradient_scale
 
 
 class LogisticRegressionProblem(LogisticLoss, _PenalizedLinearProblem):

@@ -14,9 +14,11 @@ chaotically to round-off (two backends part after a dozen iterations), so two CG
 stopped at a loose tolerance are two different valid solutions, about ``cond(H) * cg_tol``
 apart (2e-7 relative at ``cg_tol=1e-6`` on breast_cancer), not the same one. The HOAG path
 with ``method="cg"`` is compared with that CG tolerance too; with ``"shine-opa"`` (whose CG
-only runs as a fallback) with the defaults, to ``5e-8``: when a warm-started inner solve needs
+only runs as a fallback) with the defaults, to ``1e-7``: when a warm-started inner solve needs
 no iteration, OPA's secant step is floored at ``sqrt(eps) ||x||``, so its gradient difference
-carries a relative round-off of about ``sqrt(eps) = 1.5e-8`` by design, whatever the backend.
+carries a relative round-off of about ``sqrt(eps) = 1.5e-8`` by design, whatever the backend
+(measured: up to 9e-8 in ``log_alpha`` on the ridge search with an intercept, where most
+warm-started solves need no iteration).
 Warm-started SHINE (memory carried over) is compared at the tolerances of a HOAG search
 (``1e-4`` then ``1e-5``); at ``1e-6`` plain SHINE's estimate on breast_cancer is sensitive to
 round-off at the ``1e-6`` level (a property of that estimate, not of the backend).
@@ -55,7 +57,7 @@ RTOL = 1e-8
 #: CG tolerance of the parity tests (see the module docstring).
 CG_TOL = 1e-12
 #: Tolerance of the HOAG paths with OPA (see the module docstring).
-RTOL_OPA = 5e-8
+RTOL_OPA = 1e-7
 
 DEVICES = [
     "cpu",
@@ -541,6 +543,9 @@ def test_torch_problem_autograd_matches_the_builtin_problem(device):
 
     user = TorchProblem(loss, d + 1, hyper_shape=(d,), penalty_weights=penalty, device=device)
     assert user.gradient_scale == pytest.approx(builtin.gradient_scale, rel=1e-12)
+    # A TorchProblem has one gradient scale; the built-in problem measures the features' and
+    # the intercept's blocks separately. Stop both inner solves the same way.
+    user.relative_gradient_norm = builtin.relative_gradient_norm
     w = torch.linspace(-0.5, 0.5, d + 1, dtype=torch.float64, device=device)
     v = torch.cos(torch.arange(d + 1, dtype=torch.float64, device=device))
     assert user.value(w, la) == pytest.approx(builtin.value(w, la), rel=1e-12)

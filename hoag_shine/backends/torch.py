@@ -39,7 +39,7 @@ import torch
 
 from .._array import to_numpy
 from .._validation import check_data, check_sample_weight, class_labels
-from ..problems import LOG_ALPHA_LIMIT
+from ..problems import LOG_ALPHA_LIMIT, _BlockTolerance
 
 __all__ = [
     "TorchCriterion",
@@ -343,7 +343,7 @@ class _TorchTensors:
 
 
 # -- inner problems ----------------------------------------------------------------------------
-class _TorchPenalizedLinearProblem(_TorchTensors):
+class _TorchPenalizedLinearProblem(_BlockTolerance, _TorchTensors):
     """Common part of the torch L2-penalized linear problems (mirrors ``problems``)."""
 
     n_outputs = 1
@@ -369,7 +369,6 @@ class _TorchPenalizedLinearProblem(_TorchTensors):
         self.sample_weight = None if weights is None else self._tensor(weights)
         self._encode_targets(y)  # sets y and n_outputs
         self.design = _TorchDesign(*_torch_design(X, self.device, self.dtype), self.n_outputs)
-        self._gradient_scale = None
         self._penalty_cache = (None, None, None)
 
     def _encode_targets(self, y):
@@ -592,18 +591,6 @@ class _TorchPenalizedLinearProblem(_TorchTensors):
         if not self.per_feature:
             return per_coord.sum()
         return per_coord.reshape(self.n_features, self.n_outputs).sum(dim=1)
-
-    @property
-    def gradient_scale(self) -> float:
-        """``||grad r(0)||``, independent of ``log_alpha``: the scale of relative tolerances."""
-        if self._gradient_scale is None:
-            zero = self.init_coef()
-            residual = self._weighted(self._loss_and_derivative(self.design.decision(zero))[1])
-            g = self.design.transpose_product(residual, self.fit_intercept)
-            self._gradient_scale = max(
-                float(torch.linalg.vector_norm(g)), float(np.finfo(np.float64).tiny)
-            )
-        return self._gradient_scale
 
 
 class TorchLogisticRegressionProblem(_TorchLogisticLoss, _TorchPenalizedLinearProblem):

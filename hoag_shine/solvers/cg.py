@@ -23,7 +23,7 @@ class CGResult:
     n_iter : int
         Iterations (one matrix-vector product each, plus one for a nonzero start).
     residual_norm : float
-        ``||b - A x||`` (the recursively updated residual).
+        ``||b - A x||`` (the recursively updated residual), in the norm of the stopping test.
     converged : bool
         True when ``residual_norm <= max(rtol * ||b||, atol)``.
     """
@@ -42,6 +42,7 @@ def conjugate_gradient(
     rtol: float = 1e-6,
     atol: float = 0.0,
     max_iter: int | None = None,
+    vector_norm: Callable[[Any], float] | None = None,
 ) -> CGResult:
     """Solve ``A x = b`` for symmetric positive-definite ``A`` given as ``matvec``.
 
@@ -57,6 +58,10 @@ def conjugate_gradient(
         Stop when ``||r|| <= max(rtol * ||b||, atol)``.
     max_iter : int, optional
         Maximum iterations; defaults to the dimension of ``b``.
+    vector_norm : callable, optional
+        ``v -> float``: the norm ``||.||`` of the stopping test, e.g. a problem's
+        ``relative_gradient_norm`` when ``b`` is a gradient whose blocks have different
+        scales. Default: the Euclidean norm.
 
     Returns
     -------
@@ -64,7 +69,8 @@ def conjugate_gradient(
     """
     if max_iter is None:
         max_iter = b.shape[0]
-    threshold = max(rtol * norm(b), atol)
+    measure = norm if vector_norm is None else vector_norm
+    threshold = max(rtol * measure(b), atol)
     if x0 is None:
         x = b * 0.0
         r = b * 1.0
@@ -72,9 +78,13 @@ def conjugate_gradient(
         x = x0 * 1.0
         r = b - matvec(x)
     rr = dot(r, r)
+
+    def residual_norm() -> float:
+        return math.sqrt(rr) if vector_norm is None else vector_norm(r)
+
     p = r * 1.0
     n_iter = 0
-    while math.sqrt(rr) > threshold and n_iter < max_iter:
+    while residual_norm() > threshold and n_iter < max_iter:
         ap = matvec(p)
         curvature = dot(p, ap)
         if not (math.isfinite(curvature) and curvature > 0):
@@ -86,5 +96,5 @@ def conjugate_gradient(
         p = r + (rr_new / rr) * p
         rr = rr_new
         n_iter += 1
-    residual = math.sqrt(rr)
+    residual = residual_norm()
     return CGResult(x=x, n_iter=n_iter, residual_norm=residual, converged=residual <= threshold)

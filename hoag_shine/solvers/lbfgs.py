@@ -219,7 +219,8 @@ class LBFGSState:
     grad : array
         Gradient at ``x``.
     grad_norm : float
-        Euclidean norm of ``grad``.
+        Norm of ``grad`` in the stopping test's norm (:attr:`LBFGS.gradient_norm`, the
+        Euclidean norm by default).
     n_iter : int
         Iterations (accepted steps).
     n_fun_evals : int
@@ -266,7 +267,7 @@ class LBFGS:
     memory_size : int
         Number of secant pairs kept.
     tol : float
-        Absolute tolerance on the Euclidean norm of the gradient.
+        The solver stops when the norm of the gradient is at most ``tol``.
     max_iter : int
         Maximum number of iterations.
     opa_freq : int or None
@@ -280,6 +281,10 @@ class LBFGS:
         Strong-Wolfe constants.
     max_line_search : int
         Maximum evaluations per line search.
+    gradient_norm : callable, optional
+        ``grad -> float``: the norm of the stopping test (``tol`` is in its units), e.g. a
+        problem's ``relative_gradient_norm``. It sees the gradient the iteration computed
+        anyway. Default: the Euclidean norm.
     """
 
     memory_size: int = 10
@@ -291,6 +296,7 @@ class LBFGS:
     c1: float = 1e-4
     c2: float = 0.9
     max_line_search: int = 25
+    gradient_norm: Callable[[Any], float] | None = None
 
     def run(
         self,
@@ -334,11 +340,11 @@ class LBFGS:
         retried = False
 
         while True:
-            grad_norm = norm(grad)
-            if not math.isfinite(grad_norm):
+            measure = self._measure(grad)
+            if not math.isfinite(measure):
                 message = "non-finite gradient"
                 break
-            if grad_norm <= self.tol:
+            if measure <= self.tol:
                 converged, message = True, "gradient norm below tolerance"
                 break
             if n_iter >= self.max_iter:
@@ -351,8 +357,8 @@ class LBFGS:
             slope = dot(grad, direction)
             if not (math.isfinite(slope) and slope < 0):
                 mem.clear()
-                direction, slope = -grad, -(grad_norm**2)
-            step0 = 1.0 if mem.count > 0 else min(1.0, 1.0 / grad_norm)
+                direction, slope = -grad, -(norm(grad) ** 2)
+            step0 = 1.0 if mem.count > 0 else min(1.0, 1.0 / norm(grad))
 
             def phi(t, x=x, direction=direction):
                 x_t = x + t * direction
@@ -393,7 +399,7 @@ class LBFGS:
             x=x,
             value=value,
             grad=grad,
-            grad_norm=norm(grad),
+            grad_norm=self._measure(grad),
             n_iter=n_iter,
             n_fun_evals=n_evals + n_opa,
             n_opa_evals=n_opa,
@@ -401,6 +407,10 @@ class LBFGS:
             message=message,
             memory=mem,
         )
+
+    def _measure(self, grad) -> float:
+        """The norm of the stopping test."""
+        return norm(grad) if self.gradient_norm is None else float(self.gradient_norm(grad))
 
     @staticmethod
     def _opa_update(value_and_grad, mem, x, grad, opa_direction, last_step) -> int:
