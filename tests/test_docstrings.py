@@ -36,6 +36,7 @@ PUBLIC_MODULES = (
     "hoag_shine.estimator",
     "hoag_shine.plotting",
     "hoag_shine.datasets",
+    "hoag_shine.comparison",
     "hoag_shine.cli",
     "hoag_shine.deq",
     "hoag_shine.deq.configs",
