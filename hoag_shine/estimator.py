@@ -319,6 +319,12 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         ``log_alpha`` is kept in this interval (and so is the starting point).
     max_outer_iter : int, default=30
         Maximum number of outer iterations (evaluations of the cross-validated loss).
+    n_iter_no_change : int or None, default=5
+        Early stopping: the search ends when this many outer iterations in a row have not
+        lowered the best cross-validated loss by more than ``outer_tol`` (relative). None runs
+        all ``max_outer_iter`` iterations.
+    outer_tol : float, default=1e-4
+        Relative decrease of the best cross-validated loss that counts as progress.
     tol : float or ToleranceSchedule, default=None
         Inner tolerance: a :class:`~hoag_shine.ToleranceSchedule`, or the first tolerance of the
         default schedule for ``hypergradient`` (:meth:`ToleranceSchedule.default_for`), which
@@ -418,6 +424,8 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         "init": [None, Real, "array-like"],
         "bounds": [tuple, list],
         "max_outer_iter": [Interval(Integral, 1, None, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+        "outer_tol": [Interval(Real, 0, None, closed="left")],
         "tol": [None, Interval(Real, 0, None, closed="neither"), ToleranceSchedule],
         "per_feature": ["boolean"],
         "n_jobs": [None, Integral],
@@ -441,6 +449,8 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         init=None,
         bounds=(-25.0, 25.0),
         max_outer_iter=30,
+        n_iter_no_change=5,
+        outer_tol=1e-4,
         tol=None,
         per_feature=False,
         n_jobs=None,
@@ -460,6 +470,8 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         self.init = init
         self.bounds = bounds
         self.max_outer_iter = max_outer_iter
+        self.n_iter_no_change = n_iter_no_change
+        self.outer_tol = outer_tol
         self.tol = tol
         self.per_feature = per_feature
         self.n_jobs = n_jobs
@@ -564,6 +576,8 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
                     callback=progress,
                     n_jobs=self.n_jobs,
                     checkpoint=self.checkpoint,
+                    n_iter_no_change=self.n_iter_no_change,
+                    outer_tol=self.outer_tol,
                 )
         finally:
             progress.close()

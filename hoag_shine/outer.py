@@ -179,6 +179,7 @@ class _SearchState:
     step: float = 0.0
     tol_factor: float = 1.0
     adam: _AdamState | None = None
+    n_no_change: int = 0
 
 
 def _evaluate_fold(inner, outer, log_alpha, warm, options) -> HypergradientResult:
@@ -207,6 +208,8 @@ def solve_bilevel(
     n_jobs: int | None = None,
     hypergradient_options: dict[str, Any] | None = None,
     checkpoint: str | os.PathLike | None = None,
+    n_iter_no_change: int | None = None,
+    outer_tol: float = 1e-4,
 ) -> BilevelResult:
     """Minimize the held-out criterion over ``log_alpha``.
 
@@ -263,6 +266,13 @@ def solve_bilevel(
         says what differs; ``max_iter``, ``xtol``, ``time_budget``, ``callback`` and
         ``n_jobs`` may change, so a finished search can be extended. The file is kept at the
         end. It is a pickle: load only checkpoints you wrote.
+    n_iter_no_change : int, optional
+        Early stopping: stop when this many outer iterations in a row have not lowered the
+        best outer loss by more than ``outer_tol`` (relative). ``None`` (default) runs until
+        ``max_iter``, ``xtol`` or the time budget.
+    outer_tol : float
+        Relative decrease of the best outer loss that counts as progress for
+        ``n_iter_no_change``.
 
     Returns
     -------
@@ -285,6 +295,10 @@ def solve_bilevel(
         )
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
+    if n_iter_no_change is not None and n_iter_no_change < 1:
+        raise ValueError(f"n_iter_no_change must be None or at least 1, got {n_iter_no_change}.")
+    if not outer_tol >= 0:
+        raise ValueError(f"outer_tol must be non-negative, got {outer_tol}.")
     low, high = float(bounds[0]), float(bounds[1])
     if not low < high:
         raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}.")
@@ -404,6 +418,12 @@ def solve_bilevel(
                 if stop:
                     message = "stopped by callback"
                     break
+                if n_iter_no_change is not None and state.n_no_change >= n_iter_no_change:
+                    message = (
+                        f"no relative decrease of the outer loss above {outer_tol:g} in "
+                        f"{n_iter_no_change} iterations"
+                    )
+                    break
                 if time_budget is not None and time.perf_counter() - call_start >= time_budget:
                     message = "time budget exhausted"
                     break
@@ -430,6 +450,10 @@ def solve_bilevel(
                         state.step *= 1.5
                     elif trial.value > current.value:
                         state.step *= 0.5
+                if trial.value < state.best.value - outer_tol * abs(state.best.value):
+                    state.n_no_change = 0
+                else:
+                    state.n_no_change += 1
                 if trial.value < state.best.value:
                     state.best = trial
                 entry = record(trial, k, used_step, accepted)

@@ -620,3 +620,36 @@ def test_solve_bilevel_invalid_arguments(cancer):
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="single log_alpha"):
             solve_bilevel(inner, outer, np.zeros(3))
+
+
+def test_early_stopping_counts_iterations_without_progress(cancer):
+    inner, outer = cancer
+    full = solve_bilevel(inner, outer, 0.0, method="cg", max_iter=12)
+    # With outer_tol=1 no decrease counts as progress: stop after exactly n_iter_no_change trials.
+    stopped = solve_bilevel(
+        inner, outer, 0.0, method="cg", max_iter=12, n_iter_no_change=3, outer_tol=1.0
+    )
+    assert stopped.n_iter == 4
+    assert "no relative decrease" in stopped.message
+    # The path up to the stop is the full run's.
+    for a, b in zip(stopped.history, full.history[:4], strict=True):
+        assert a["log_alpha"] == b["log_alpha"] and a["outer_loss"] == b["outer_loss"]
+    # The counter restarts on progress: find where the full run's best stalls for 2 iterations.
+    best, stall, expected = np.inf, 0, None
+    for k, record in enumerate(full.history):
+        if record["outer_loss"] < best - 1e-4 * abs(best):
+            stall = 0
+        elif k > 0:
+            stall += 1
+        best = min(best, record["outer_loss"])
+        if stall == 2:
+            expected = k + 1
+            break
+    patient = solve_bilevel(
+        inner, outer, 0.0, method="cg", max_iter=12, n_iter_no_change=2, outer_tol=1e-4
+    )
+    assert patient.n_iter == (expected if expected is not None else full.n_iter)
+    with pytest.raises(ValueError, match="n_iter_no_change"):
+        solve_bilevel(inner, outer, 0.0, n_iter_no_change=0)
+    with pytest.raises(ValueError, match="outer_tol"):
+        solve_bilevel(inner, outer, 0.0, outer_tol=-1.0)
