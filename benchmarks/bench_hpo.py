@@ -25,7 +25,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from hoag_shine.comparison import COMPETITORS, format_summary, run_comparison, save_comparison
+from hoag_shine.comparison import (
+    COMPETITORS,
+    format_summary,
+    run_comparison,
+    save_comparison,
+    summarize,
+)
 from hoag_shine.datasets import load_libsvm
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,6 +51,25 @@ def _available(name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def annotate(result: dict, dataset: str, command: str) -> dict:
+    """Add what the documentation's benchmark pages read: name, command and targets."""
+    result["benchmark"] = f"hpo_{dataset}"
+    result["machine"]["command"] = command
+    result["summary"] = summarize(result["runs"])
+    ratios = result["summary"]["ratios"]
+    result["targets"] = {
+        key: {
+            "description": wording,
+            "limit": limit,
+            "value": ratios[key],
+            "met": bool(ratios[key] <= limit),
+        }
+        for key, (limit, wording) in TARGETS.items()
+        if key in ratios
+    }
+    return result
 
 
 def _markdown(results: dict[str, dict], command: str) -> str:
@@ -87,12 +112,27 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--offline", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--from-json",
+        action="store_true",
+        help="do not run: re-summarize the JSON files already in --out (after a change of the "
+        "summary or the targets)",
+    )
     args = parser.parse_args(argv)
     command = "python benchmarks/bench_hpo.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     results = {}
     for dataset in args.datasets:
+        if args.from_json:
+            path = args.out / f"hpo_{dataset}.json"
+            if path.is_file():
+                result = json.loads(path.read_text())
+                command = result["settings"].get("command", command)
+                results[dataset] = annotate(result, dataset, command)
+                save_comparison(results[dataset], args.out, f"hpo_{dataset}")
+                print(format_summary(results[dataset]))
+            continue
         if not _available(dataset):
             print(f"{dataset}: not cached here, skipped")
             continue
@@ -109,6 +149,7 @@ def main(argv=None) -> int:
             progress=True,
         )
         result["settings"]["command"] = command
+        annotate(result, dataset, command)
         print(format_summary(result), flush=True)
         json_path, png_path = save_comparison(result, args.out, f"hpo_{dataset}")
         print(f"wrote {json_path} and {png_path}", flush=True)

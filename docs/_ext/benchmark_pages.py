@@ -115,7 +115,7 @@ def _targets(result) -> list[str]:
             (
                 _literal(name),
                 _text(target.get("description", "")),
-                _fmt(target.get("values", target.get("value"))),
+                _fmt(target.get("values", target.get("value")), 4),
                 met,
             )
         )
@@ -272,7 +272,46 @@ def _generic_summary(result) -> list[str]:
     return _table("Content of the JSON file", ("Key", "Summary"), rows) if rows else []
 
 
+def _hpo_tables(result) -> list[str]:
+    """Results of ``benchmarks/bench_hpo.py``: one row per competitor, medians over seeds."""
+    summary = result.get("summary") or {}
+    settings = result.get("settings") or {}
+    rows = []
+    for name, entry in (summary.get("per_competitor") or {}).items():
+        rows.append(
+            (
+                _literal(name),
+                _fmt(entry.get("n_seeds")),
+                _fmt(entry.get("median_test_loss"), 5),
+                _fmt(entry.get("median_time")),
+                _fmt(entry.get("median_C")),
+                _fmt(entry.get("median_time_to_reach")),
+                _fmt(entry.get("n_reached")),
+            )
+        )
+    header = ("Competitor", "Seeds", "Test loss", "Time (s)", "C", "Time to reach (s)", "Reached")
+    lines = [
+        f"Dataset ``{settings.get('dataset')}``, seeds {settings.get('seeds')}, window "
+        f"{settings.get('window')} s, at most {settings.get('max_iter')} outer iterations or "
+        "candidates. Medians over seeds; *time to reach*: first time the test loss is within "
+        f"{summary.get('suboptimality')} of the lowest test loss any competitor reached on that "
+        "seed (*Reached*: on how many seeds).",
+        "",
+    ]
+    lines += _table("Per competitor", header, rows)
+    skipped = sorted({run["competitor"] for run in result.get("runs", []) if run.get("skipped")})
+    if skipped:
+        lines += [f"Skipped: {', '.join(skipped)} (not installed).", ""]
+    return lines
+
+
 RENDERERS = {"core_20news": _core_tables}
+
+
+def _renderer(name: str):
+    if name.startswith("hpo_"):
+        return _hpo_tables
+    return RENDERERS.get(name, _generic_summary)
 
 
 def render(json_path: Path, out_dir: Path) -> str:
@@ -298,7 +337,7 @@ def render(json_path: Path, out_dir: Path) -> str:
     lines += [f"Rendered from ``{rel}``, committed with the figure.", ""]
     lines += _figure(pngs, command)
     lines += _targets(result)
-    lines += RENDERERS.get(name, _generic_summary)(result)
+    lines += _renderer(name)(result)
     lines += _machine(result)
     return "\n".join(lines) + "\n"
 
