@@ -160,18 +160,17 @@ def _run_gradient(method, data, window, max_iter):
     from .outer import solve_bilevel
     from .problems import LogisticRegressionProblem
 
+    curve = _Curve()  # building the problems (a transposed copy of X) counts too
     inner = LogisticRegressionProblem(data["X_train"], data["y_train"], fit_intercept=True)
     validation = _LastCoefCriterion(
         HeldOutLogLoss(data["X_val"], data["y_val"], classes=inner.classes_)
     )
     test = HeldOutLogLoss(data["X_test"], data["y_test"], classes=inner.classes_)
-    curve = _Curve()
 
     def callback(record):
         coef = validation.last_coef
         C = math.exp(-float(np.asarray(record["log_alpha"])))
-        # solve_bilevel's clock includes earlier callbacks; subtract what they took.
-        curve.add(C, record["outer_loss"], lambda: test.value(coef), record["time"] - curve.paused)
+        curve.add(C, record["outer_loss"], lambda: test.value(coef))
 
     result = solve_bilevel(
         inner,
@@ -229,7 +228,7 @@ def _run_lrcv(data, tol):
     ).fit(X, y)
     elapsed = curve.elapsed()
     test_loss = log_loss(data["y_test"], model.predict_proba(data["X_test"]), labels=model.classes_)
-    curve.add(model.C_, np.nan, lambda: test_loss, elapsed)
+    curve.add(float(np.ravel(model.C_)[0]), np.nan, lambda: test_loss, elapsed)
     return curve, {"C": float(np.ravel(model.C_)[0]), "test_loss": float(test_loss), "n_iter": 30}
 
 
