@@ -21,7 +21,13 @@ from .hypergradients import (
     finite_difference_hypergradient,
     hypergradient,
 )
-from .outer import OPTIMIZERS, BilevelResult, ToleranceSchedule, solve_bilevel
+from .outer import (
+    OPTIMIZERS,
+    BilevelResult,
+    SearchBoundWarning,
+    ToleranceSchedule,
+    solve_bilevel,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -32,6 +38,7 @@ __all__ = [
     "BilevelEstimator",
     "BilevelResult",
     "HypergradientResult",
+    "SearchBoundWarning",
     "ToleranceSchedule",
     "__version__",
     "check_hypergradient",

@@ -42,12 +42,27 @@ from joblib import Parallel, delayed
 from . import _checkpoint
 from .hypergradients import HypergradientResult, _check_method, hypergradient
 
-__all__ = ["OPTIMIZERS", "BilevelResult", "ToleranceSchedule", "solve_bilevel"]
+__all__ = [
+    "OPTIMIZERS",
+    "BilevelResult",
+    "SearchBoundWarning",
+    "ToleranceSchedule",
+    "solve_bilevel",
+]
 
 logger = logging.getLogger("hoag_shine")
 
 #: Names accepted by ``optimizer``.
 OPTIMIZERS = ("hoag", "gd", "adam")
+
+
+class SearchBoundWarning(UserWarning):
+    """The search ended on a bound of ``log_alpha`` with the hypergradient pointing beyond it.
+
+    The held-out loss still decreases outside ``bounds`` (or is flat there): the bound, not the
+    data, chose the value. Widen ``bounds`` to search further, or filter this warning when the
+    bound is intended.
+    """
 
 
 @dataclass
@@ -278,6 +293,11 @@ def solve_bilevel(
     -------
     BilevelResult
 
+    Warns
+    -----
+    SearchBoundWarning
+        When the result lies on a bound and the hypergradient there points beyond it.
+
     Raises
     ------
     ValueError
@@ -474,6 +494,8 @@ def solve_bilevel(
                 stacklevel=2,
             )
 
+    if not interrupted:
+        _warn_at_bound(best.log_alpha, best.grad, low, high)
     return BilevelResult(
         log_alpha=best.log_alpha,
         value=best.value,
@@ -485,6 +507,33 @@ def solve_bilevel(
         interrupted=interrupted,
         n_final_evaluations=n_final,
         fold_results=best.folds,
+    )
+
+
+def _warn_at_bound(log_alpha, grad, low, high) -> None:
+    """Warn when the result sits on a bound and its hypergradient points beyond it.
+
+    Then the held-out loss still decreases outside ``bounds``: the best penalty may lie there
+    (or the loss is flat, e.g. with many samples and few features, and any large ``C`` is as
+    good). Either way the user should know that the bound, not the data, chose the value.
+    """
+    log_alpha, grad = np.atleast_1d(log_alpha), np.atleast_1d(grad)
+    below = (log_alpha <= low) & (grad > 0)  # a step -grad would go below ``low``
+    above = (log_alpha >= high) & (grad < 0)
+    if not (below.any() or above.any()):
+        return
+    where = []
+    if below.any():
+        where.append(f"{int(below.sum())} at the lower bound {low:g} (weakest penalty)")
+    if above.any():
+        where.append(f"{int(above.sum())} at the upper bound {high:g} (strongest penalty)")
+    warnings.warn(
+        f"The search ended on the bounds of log_alpha ({'; '.join(where)} of "
+        f"{log_alpha.size} coordinates) with the hypergradient pointing beyond them: the "
+        "held-out loss still decreases outside the bounds, or is flat there. Widen bounds= "
+        "to search further.",
+        SearchBoundWarning,
+        stacklevel=3,
     )
 
 

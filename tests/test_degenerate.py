@@ -23,7 +23,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from hoag_shine import METHODS, finite_difference_hypergradient, hypergradient, solve_bilevel
+from hoag_shine import (
+    METHODS,
+    SearchBoundWarning,
+    finite_difference_hypergradient,
+    hypergradient,
+    solve_bilevel,
+)
 from hoag_shine.criteria import HeldOutLogLoss, HeldOutMSE
 from hoag_shine.estimator import BilevelEstimator
 from hoag_shine.problems import LogisticRegressionProblem, RidgeProblem
@@ -46,6 +52,17 @@ def outcome():
 
 def categories(caught) -> set:
     return {w.category for w in caught}
+
+
+def bound_warning_is_right(caught, log_alpha, grad, bounds=BOUNDS) -> bool:
+    """A SearchBoundWarning was emitted exactly when the result is on a bound with the
+    hypergradient pointing beyond it."""
+    warned = any(issubclass(w.category, SearchBoundWarning) for w in caught)
+    log_alpha, grad = np.atleast_1d(log_alpha), np.atleast_1d(grad)
+    beyond = np.any((log_alpha <= bounds[0]) & (grad > 0)) or np.any(
+        (log_alpha >= bounds[1]) & (grad < 0)
+    )
+    return warned == bool(beyond)
 
 
 def finite(*arrays) -> bool:
@@ -143,7 +160,9 @@ def test_separable_search_from_vanishing_penalty_stops_cleanly(separable, method
     inner, outer = pair("logistic", X, y, X_val, y_val, fit_intercept=fit_intercept)
     with outcome() as caught:
         result = solve_bilevel(inner, outer, BOUNDS[0], method=method, max_iter=10)
-    assert categories(caught) <= {ConvergenceWarning}
+    # No penalty is best on separable data: the search may end on the lower bound, and says so.
+    assert categories(caught) <= {ConvergenceWarning, SearchBoundWarning}
+    assert bound_warning_is_right(caught, result.log_alpha, result.grad)
     assert finite(result.log_alpha, result.value, result.grad, *result.coef)
     assert BOUNDS[0] <= float(result.log_alpha) <= BOUNDS[1]
     assert all(finite(r["outer_loss"], r["grad_norm"], r["log_alpha"]) for r in result.history)
@@ -428,7 +447,8 @@ def test_search_from_either_bound(method, kind, fit_intercept, start):
     inner, outer = pair(kind, X, y, X_val, y_val, fit_intercept=fit_intercept)
     with outcome() as caught:
         result = solve_bilevel(inner, outer, start, method=method, max_iter=10, bounds=BOUNDS)
-    assert categories(caught) <= {ConvergenceWarning}
+    assert categories(caught) <= {ConvergenceWarning, SearchBoundWarning}
+    assert bound_warning_is_right(caught, result.log_alpha, result.grad)
     assert finite(result.log_alpha, result.value, result.grad)
     assert BOUNDS[0] <= float(result.log_alpha) <= BOUNDS[1]
 
@@ -762,7 +782,10 @@ def test_estimator_with_huge_and_tiny_feature_scales(method, kind, scale):
     est = BilevelEstimator(model, cv=3, hypergradient=method, max_outer_iter=10, random_state=0)
     with outcome() as caught:
         est.fit(X * scale, y)
-    assert categories(caught) <= {ConvergenceWarning}
+    # The best penalty lies beyond the default bounds: a search stopped there says so.
+    assert categories(caught) <= {ConvergenceWarning, SearchBoundWarning}
+    at_bound = est.best_log_alpha_ in BOUNDS
+    assert any(issubclass(w.category, SearchBoundWarning) for w in caught) <= at_bound
     assert BOUNDS[0] <= est.best_log_alpha_ <= BOUNDS[1]
     assert finite(est.best_score_, est.predict(X * scale))
 

@@ -14,7 +14,13 @@ from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
 import hoag_shine.outer
-from hoag_shine import METHODS, ToleranceSchedule, hypergradient, solve_bilevel
+from hoag_shine import (
+    METHODS,
+    SearchBoundWarning,
+    ToleranceSchedule,
+    hypergradient,
+    solve_bilevel,
+)
 from hoag_shine.criteria import HeldOutLogLoss, HeldOutMSE
 from hoag_shine.problems import LogisticRegressionProblem, RidgeProblem
 from hoag_shine.solvers import LBFGS
@@ -249,9 +255,10 @@ def test_bounds_per_feature(cancer_data):
     inner = LogisticRegressionProblem(X[:300], y[:300], per_feature=True)
     outer = HeldOutLogLoss(X[300:], y[300:])
     log_alpha0 = np.linspace(-6.0, 6.0, X.shape[1])
-    result = solve_bilevel(
-        inner, outer, log_alpha0, method="shine-opa", bounds=(-2.0, 2.0), max_iter=5
-    )
+    with pytest.warns(SearchBoundWarning, match="at the upper bound 2"):
+        result = solve_bilevel(
+            inner, outer, log_alpha0, method="shine-opa", bounds=(-2.0, 2.0), max_iter=5
+        )
     check_history(result, 5, bounds=(-2.0, 2.0))
     np.testing.assert_array_equal(result.history[0]["log_alpha"], np.clip(log_alpha0, -2, 2))
 
@@ -301,7 +308,8 @@ def test_xtol_stop(cancer):
     assert result.message == "step below xtol"
     assert result.n_iter == 1
     # at a bound with the gradient pushing outward the clipped step is zero
-    result = solve_bilevel(inner, outer, -5.0, method="cg", bounds=(-8.0, -5.0), max_iter=10)
+    with pytest.warns(SearchBoundWarning, match="upper bound -5"):
+        result = solve_bilevel(inner, outer, -5.0, method="cg", bounds=(-8.0, -5.0), max_iter=10)
     assert result.message == "step below xtol"
     assert result.n_iter == 1
 
@@ -653,3 +661,31 @@ def test_early_stopping_counts_iterations_without_progress(cancer):
         solve_bilevel(inner, outer, 0.0, n_iter_no_change=0)
     with pytest.raises(ValueError, match="outer_tol"):
         solve_bilevel(inner, outer, 0.0, outer_tol=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("offset", "expected"),
+    [(-3.0, "upper bound"), (2.0, "lower bound"), (None, None)],
+)
+def test_warning_when_the_search_ends_on_a_bound(cancer, cancer_optimum, offset, expected):
+    inner, outer = cancer
+    optimum = cancer_optimum[0]
+    # The interval lies below the optimum (its upper bound is the best point), above it, or
+    # around it.
+    bounds = (optimum - 2.0, optimum + 2.0) if offset is None else (optimum + offset,) * 2
+    if offset is not None:
+        bounds = (bounds[0], bounds[0] + 1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = solve_bilevel(
+            inner, outer, float(np.mean(bounds)), method="cg", max_iter=15, bounds=bounds
+        )
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    at_bound = [m for m in messages if "ended on the bounds" in m]
+    if expected is None:
+        assert not at_bound
+        assert bounds[0] < float(result.log_alpha) < bounds[1]
+    else:
+        assert len(at_bound) == 1 and expected in at_bound[0]
+        edge = bounds[1] if expected == "upper bound" else bounds[0]
+        assert float(result.log_alpha) == edge
