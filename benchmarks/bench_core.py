@@ -36,15 +36,13 @@ from statistics import median
 import matplotlib
 import numpy as np
 import scipy
-import scipy.sparse as sp
 import sklearn
-from sklearn.datasets import fetch_20newsgroups_vectorized
-from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import hoag_shine
 from hoag_shine import hypergradient
 from hoag_shine.criteria import HeldOutLogLoss
+from hoag_shine.datasets import split_dataset
 from hoag_shine.problems import LogisticRegressionProblem
 from hoag_shine.solvers import LBFGS, LBFGSMemory, conjugate_gradient
 
@@ -75,33 +73,16 @@ def load_20news_split(seed, data_home=None, *, download_if_missing=True):
         scikit-learn data folder (writable: the vectorized cache is written there). Defaults to
         scikit-learn's (``SCIKIT_LEARN_DATA`` or ``~/scikit_learn_data``).
     download_if_missing : bool
-        Passed to :func:`sklearn.datasets.fetch_20newsgroups_vectorized`.
+        Passed to :func:`hoag_shine.datasets.load_20news`.
 
     Returns
     -------
     dict
-        ``X_train, y_train, X_val, y_val, X_test, y_test`` (CSR matrices, boolean labels).
+        ``X_train, y_train, X_val, y_val, X_test, y_test`` (CSR matrices, 0/1 labels).
     """
-    parts = [
-        fetch_20newsgroups_vectorized(
-            subset=subset, data_home=data_home, download_if_missing=download_if_missing
-        )
-        for subset in ("train", "test")
-    ]
-    X = sp.vstack([p.data for p in parts]).tocsr()
-    y = np.concatenate([p.target for p in parts]) >= 10
-    X_train, X_rest, y_train, y_rest = train_test_split(X, y, test_size=0.1, random_state=seed)
-    X_test, X_val, y_test, y_val = train_test_split(
-        X_rest, y_rest, test_size=0.5, random_state=seed
+    return split_dataset(
+        "20news", seed, data_home=data_home, download_if_missing=download_if_missing
     )
-    return {
-        "X_train": X_train.tocsr(),
-        "y_train": y_train,
-        "X_val": X_val.tocsr(),
-        "y_val": y_val,
-        "X_test": X_test.tocsr(),
-        "y_test": y_test,
-    }
 
 
 # -- machine -----------------------------------------------------------------------------------

@@ -28,19 +28,16 @@ DEFAULT_DATA = "breast_cancer"
 
 
 def _split(args):
-    """Load ``--data`` and split it; dense features are standardized on the training part."""
-    import scipy.sparse as sp
-    from sklearn.preprocessing import StandardScaler
+    from .datasets import split_dataset
 
-    from .datasets import load_dataset, make_splits
-
-    X, y = load_dataset(args.data, args.data_home, download_if_missing=not args.offline)
-    # The published 90/5/5 split for large sets; 60/20/20 keeps small ones' held-out parts usable.
-    test_size = args.held_out if args.held_out is not None else (0.1 if len(y) >= 5000 else 0.4)
-    train, validation, test = make_splits(X.shape[0], args.seed, test_size=test_size)
-    if not sp.issparse(X):
-        X = StandardScaler().fit(X[train]).transform(X)
-    return X[train], y[train], X[validation], y[validation], X[test], y[test]
+    data = split_dataset(
+        args.data,
+        args.seed,
+        data_home=args.data_home,
+        download_if_missing=not args.offline,
+        test_size=args.held_out,
+    )
+    return tuple(data[key] for key in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test"))
 
 
 def _tune(args) -> int:

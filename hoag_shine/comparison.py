@@ -76,27 +76,15 @@ _SEARCH_TOL = 1e-6
 
 
 def _split(dataset: str, seed: int, data_home, download_if_missing: bool) -> dict[str, Any]:
-    import scipy.sparse as sp
-    from sklearn.preprocessing import StandardScaler
+    from .datasets import split_dataset
 
-    from .datasets import load_dataset, make_splits
-
-    X, y = load_dataset(dataset, data_home, download_if_missing=download_if_missing)
-    if len(np.unique(y)) != 2:
-        raise ValueError(f"The comparison needs two classes; {dataset} has {len(np.unique(y))}.")
-    # Small embedded sets get a 60/20/20 split so that validation and test are not tiny.
-    test_size = 0.1 if X.shape[0] >= 5000 else 0.4
-    train, validation, test = make_splits(X.shape[0], seed, test_size=test_size)
-    if not sp.issparse(X):  # dense features: standardize with the training part's statistics
-        X = StandardScaler().fit(X[train]).transform(X)
-    return {
-        "X_train": X[train],
-        "y_train": y[train],
-        "X_val": X[validation],
-        "y_val": y[validation],
-        "X_test": X[test],
-        "y_test": y[test],
-    }
+    data = split_dataset(
+        dataset, seed, data_home=data_home, download_if_missing=download_if_missing
+    )
+    n_classes = len(np.unique(np.concatenate([data["y_train"], data["y_val"], data["y_test"]])))
+    if n_classes != 2:
+        raise ValueError(f"The comparison needs two classes; {dataset} has {n_classes}.")
+    return data
 
 
 def _train_and_validation(data):

@@ -22,6 +22,7 @@ from hoag_shine.datasets import (
     load_file,
     load_libsvm,
     make_splits,
+    split_dataset,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,6 +59,21 @@ def test_make_splits_partition_sizes_and_determinism():
     assert (len(train), len(validation), len(test)) == (300, 100, 100)
     with pytest.raises(ValueError, match="test_size"):
         make_splits(100, 0, test_size=1.5)
+
+
+def test_split_dataset_standardizes_dense_on_the_training_part():
+    X, y = load_embedded()
+    data = split_dataset("breast_cancer", 2)
+    train, validation, test = make_splits(len(y), 2, test_size=0.4)  # small set: 60/20/20
+    assert data["X_train"].shape == (len(train), 30)
+    np.testing.assert_allclose(data["X_train"].mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(data["X_train"].std(axis=0), 1.0, rtol=1e-12)
+    mean, std = X[train].mean(axis=0), X[train].std(axis=0)
+    np.testing.assert_allclose(data["X_test"], (X[test] - mean) / std, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(data["y_val"], y[validation])
+    assert len(split_dataset("breast_cancer", 2, test_size=0.1)["y_test"]) == len(
+        make_splits(len(y), 2)[2]
+    )
 
 
 # -- embedded and files ------------------------------------------------------------------------

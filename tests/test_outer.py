@@ -445,8 +445,8 @@ def test_deterministic(cancer):
 # --------------------------------------------------------------------------------------------
 # HOAG's step rule
 # --------------------------------------------------------------------------------------------
-def test_huge_step_rejected_and_halved(cancer, monkeypatch):
-    inner, outer = cancer
+def _record_tolerances(monkeypatch) -> list[float]:
+    """The inner tolerance of every hypergradient call of solve_bilevel, in order."""
     used = []
     original = hoag_shine.outer.hypergradient
 
@@ -455,6 +455,12 @@ def test_huge_step_rejected_and_halved(cancer, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(hoag_shine.outer, "hypergradient", spy)
+    return used
+
+
+def test_huge_step_rejected_and_halved(cancer, monkeypatch):
+    inner, outer = cancer
+    used = _record_tolerances(monkeypatch)
     schedule = ToleranceSchedule.default_for("cg")
     result = solve_bilevel(
         inner, outer, -5.0, method="cg", step_size=300.0, bounds=(-10.0, 10.0), max_iter=8
@@ -478,14 +484,7 @@ def test_huge_step_rejected_and_halved(cancer, monkeypatch):
 
 def test_history_inner_tol_is_tolerance_used(cancer, monkeypatch):
     inner, outer = cancer
-    used = []
-    original = hoag_shine.outer.hypergradient
-
-    def spy(*args, **kwargs):
-        used.append(kwargs["tol"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(hoag_shine.outer, "hypergradient", spy)
+    used = _record_tolerances(monkeypatch)
     result = solve_bilevel(
         inner, outer, -5.0, method="cg", step_size=300.0, bounds=(-10.0, 10.0), max_iter=4
     )
@@ -496,14 +495,7 @@ def test_history_inner_tol_is_tolerance_used(cancer, monkeypatch):
 
 def test_inner_tol_follows_schedule(cancer, monkeypatch):
     inner, outer = cancer
-    used = []
-    original = hoag_shine.outer.hypergradient
-
-    def spy(*args, **kwargs):
-        used.append(kwargs["tol"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(hoag_shine.outer, "hypergradient", spy)
+    used = _record_tolerances(monkeypatch)
     schedule = ToleranceSchedule("quadratic", initial=1e-4)
     result = solve_bilevel(
         inner, outer, -2.0, method="shine", optimizer="gd", tol_schedule=schedule, max_iter=5
