@@ -302,11 +302,13 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         objectives are exactly theirs (``alpha = 1/C`` for the logistic model), so the solver
         options of the wrapped estimator are not used.
     cv : int, float, cross-validation generator or iterable, default=5
-        An int: that many folds, shuffled with ``random_state``
-        (:class:`~sklearn.model_selection.StratifiedKFold` for a classifier,
-        :class:`~sklearn.model_selection.KFold` for a regressor). A float in (0, 1): a single
-        held-out split of that fraction (stratified for a classifier). A splitter or an iterable
-        of ``(train, validation)`` index arrays is used as given.
+        An int: that many folds (:class:`~sklearn.model_selection.StratifiedKFold` for a
+        classifier, :class:`~sklearn.model_selection.KFold` for a regressor), in the order of
+        the samples like scikit-learn's default splitters, or shuffled with ``random_state``
+        when it is given. A float in (0, 1): a single held-out split of that fraction
+        (stratified for a classifier), drawn with ``random_state``, or with the seed 0 when it
+        is None, so that a fit is deterministic unless asked otherwise. A splitter or an
+        iterable of ``(train, validation)`` index arrays is used as given.
     hypergradient : {"shine-opa", "shine", "shine-refine", "cg", "jacobian-free"}, \
             default="shine-opa"
         How the hypergradient is computed (see :func:`hoag_shine.hypergradient`).
@@ -338,7 +340,8 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         Number of folds solved in parallel (:class:`joblib.Parallel`; any joblib backend, e.g.
         dask or ray through :func:`joblib.parallel_config`).
     random_state : int, RandomState instance or None, default=None
-        Shuffling of the folds when ``cv`` is an int or a float.
+        Shuffling of the folds when ``cv`` is an int (None: no shuffling) and the draw of the
+        split when it is a float (None: seed 0).
     verbose : int, default=0
         1: a progress bar (tqdm) over the outer iterations with the current hyperparameter and
         outer loss. 2: also the inner details of each outer iteration through the
@@ -365,8 +368,9 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         A file to which the search writes its state after every outer iteration (see
         :func:`hoag_shine.solve_bilevel`). When it exists, ``fit`` resumes the search from it
         and ends as an uninterrupted ``fit`` would (with the same data, folds and settings;
-        else a ValueError says what differs: with ``cv`` an int or a float, fix
-        ``random_state``). The refit on all the data follows the search as usual.
+        else a ValueError says what differs: a ``RandomState`` instance as ``random_state``
+        draws other folds at every fit). The refit on all the data follows the search as
+        usual.
 
     Attributes
     ----------
@@ -666,10 +670,18 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         cv = self.cv
         if isinstance(cv, Real) and not isinstance(cv, Integral):
             splitter_class = StratifiedShuffleSplit if spec.is_classifier else ShuffleSplit
-            cv = splitter_class(n_splits=1, test_size=float(cv), random_state=self.random_state)
+            seed = 0 if self.random_state is None else self.random_state
+            cv = splitter_class(n_splits=1, test_size=float(cv), random_state=seed)
         elif isinstance(cv, Integral):
+            # Like scikit-learn's default splitters: shuffled only when a seed is given, so a
+            # default fit is deterministic.
             splitter_class = StratifiedKFold if spec.is_classifier else KFold
-            cv = splitter_class(n_splits=int(cv), shuffle=True, random_state=self.random_state)
+            shuffle = self.random_state is not None
+            cv = splitter_class(
+                n_splits=int(cv),
+                shuffle=shuffle,
+                random_state=self.random_state if shuffle else None,
+            )
         else:
             cv = check_cv(cv, y, classifier=spec.is_classifier)
         splits = [

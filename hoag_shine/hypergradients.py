@@ -88,7 +88,8 @@ class HypergradientResult:
         Diagnostics: ``method``, ``backward`` (what produced ``q``, fallbacks included),
         ``inner_iter``, ``inner_converged``, ``n_fun_evals``, ``n_opa_evals``, ``n_hvp``,
         ``cg_iter``, ``adjoint_residual`` (relative, when computed), ``adjoint_scale``
-        (the safeguard's ``beta_E``, when computed), ``time_inner``,
+        and ``adjoint_scale_residual`` (the safeguard's ``beta_E`` and ``beta``, when
+        computed), ``time_inner``,
         ``time_backward`` (seconds), ``warnings`` (``(category, message)`` pairs).
     """
 
@@ -380,6 +381,7 @@ def _check_adjoint(q, v, hessian, threshold: float, info: dict) -> tuple[str, fl
     beta_energy = dot(q, v) / curvature
     residual = norm(beta_residual * hq - v) / max(norm(v), np.finfo(float).tiny)
     info["adjoint_scale"], info["adjoint_residual"] = beta_energy, residual
+    info["adjoint_scale_residual"] = beta_residual
     if not (beta_residual > 0 and residual <= threshold):
         return "fallback", beta_energy
     low, high = _RESCALE_BAND

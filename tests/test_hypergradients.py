@@ -8,6 +8,13 @@ of the adjoint system (implicit function theorem written out with numpy).
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _reference import (
+    condition_number,
+    dense_hessian,
+    finite_difference_error_bound,
+    hypergradient_error_bound,
+    solution_error_bound,
+)
 from scipy.special import expit
 from sklearn.datasets import load_breast_cancer
 from sklearn.exceptions import ConvergenceWarning
@@ -161,28 +168,36 @@ def test_method_contract(method, kind, sparse, per_feature, fit_intercept):
     assert res.coef.shape == (N_FEATURES + int(fit_intercept),)
     assert res.q.shape == res.coef.shape
     assert np.all(np.isfinite(res.q))
-    # value is the outer criterion at the returned coefficient, which is the inner optimum
+    # value is the outer criterion at the returned coefficient, which is the inner optimum to
+    # ||g|| / lambda_min (so the value to ||grad outer|| times that, to first order)
     assert res.value == pytest.approx(outer.value(res.coef), rel=1e-12)
-    assert rel_err(res.coef, ref["w"]) < 1e-7
-    assert res.value == pytest.approx(ref["value"], rel=1e-8)
+    distance = solution_error_bound(inner, res.coef, log_alpha)
+    assert np.linalg.norm(res.coef - ref["w"]) <= distance
+    assert abs(res.value - ref["value"]) <= 2 * np.linalg.norm(ref["v"]) * distance
     assert res.info["method"] == method
-    assert res.info["backward"] in (method, f"{method}+fallback-cg")
+    backward = res.info["backward"]
+    assert backward in (method, f"{method}+fallback-cg", f"{method}+rescaled")
     assert res.info["inner_converged"]
     # whatever q is, grad is -(cross derivative)^T q
     alpha = np.exp(log_alpha)
     per_coord = -alpha * res.coef[:N_FEATURES] * res.q[:N_FEATURES]
     np.testing.assert_allclose(res.grad, per_coord if per_feature else per_coord.sum(), rtol=1e-12)
 
-    if method == "cg" or res.info["backward"].endswith("fallback-cg"):
-        assert rel_err(res.grad, ref["grad"]) < 1e-6
-        assert rel_err(res.q, ref["q"]) < 1e-6
+    if method == "cg" or backward.endswith("fallback-cg"):
+        bound = hypergradient_error_bound(inner, outer, res, log_alpha, cg_tol=1e-12)
+        assert np.linalg.norm(np.atleast_1d(res.grad - ref["grad"])) <= bound
+        cond = condition_number(ref["H"])
+        assert rel_err(res.q, ref["q"]) <= 10 * cond * (distance / np.linalg.norm(ref["w"]) + 1e-12)
     if method == "jacobian-free":
         np.testing.assert_allclose(res.q, outer.grad(res.coef), rtol=1e-14, atol=0)
         assert res.info["n_hvp"] == 0
-    if method in ("shine", "shine-opa") and res.info["backward"] == method:
-        # the raw SHINE adjoint is the inverse estimate applied to grad_w outer
+    if method in ("shine", "shine-opa") and not backward.endswith("fallback-cg"):
+        # the SHINE adjoint is the inverse estimate applied to grad_w outer (rescaled by the
+        # safeguard's energy scale when it says so)
         v = outer.grad(res.coef)
-        np.testing.assert_allclose(res.q, res.inner_state.inverse_hessian.matvec(v), rtol=1e-12)
+        scale = res.info["adjoint_scale"] if backward.endswith("rescaled") else 1.0
+        estimate = scale * res.inner_state.inverse_hessian.matvec(v)
+        np.testing.assert_allclose(res.q, estimate, rtol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["logistic", "ridge"])
@@ -243,11 +258,12 @@ def test_reference_matches_sklearn(cancer):
 def test_cg_exact_on_breast_cancer(cancer):
     inner, outer, _, ref = cancer
     res = hypergradient(inner, outer, 0.0, method="cg", tol=1e-10)
-    assert rel_err(res.grad, ref["grad"]) < 1e-6
-    assert rel_err(res.coef, ref["w"]) < 1e-7
+    error = hypergradient_error_bound(inner, outer, res, 0.0, cg_tol=1e-10)
+    assert np.linalg.norm(res.grad - ref["grad"]) <= error
+    assert np.linalg.norm(res.coef - ref["w"]) <= solution_error_bound(inner, res.coef, 0.0)
     report = check_hypergradient(inner, outer, 0.0, method="cg", tol=1e-10)
-    assert report["relative_error"] < 1e-5
-    assert report["cosine"] == pytest.approx(1.0, abs=1e-12)
+    fd_error = finite_difference_error_bound(inner, outer, 0.0, step=1e-4, tol=1e-12)
+    assert abs(report["grad"] - report["finite_difference"]) <= error + fd_error
 
 
 @pytest.mark.parametrize("tol", [1e-6, 1e-8])
@@ -262,6 +278,31 @@ def test_shine_opa_accurate_on_breast_cancer(cancer, tol):
     np.testing.assert_array_equal(raw.grad, res.grad)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_plain_shine_accurate_when_the_memory_spans_the_space(seed):
+    """Plain SHINE on a well-conditioned quadratic (ridge, cond(H) ~ 2) whose L-BFGS memory
+    holds at least as many pairs as there are unknowns.
+
+    Every pair is then an exact secant pair of the constant Hessian (``y = H s``) and the
+    steps span the space, so the estimate is ``H^{-1}`` up to what the non-conjugacy of the
+    Wolfe steps leaves (exact line searches would make it exact, the hereditary property).
+    No a-priori bound exists for that remainder: measured here at 1-6% in ``q`` (cosine above
+    0.998) over these seeds and tolerances. The thresholds are 4 times the worst of it;
+    round-off moves the estimate by ~1e-8 (the parity tests), and a broken two-loop (order of
+    the pairs, initial scaling, a sign) is off by more than 50%.
+    """
+    inner, outer, data = make_problem("ridge", seed=seed)
+    ref = reference("ridge", *data, 0.3, per_feature=False, fit_intercept=False)
+    for tol in (1e-6, 1e-10):
+        res = hypergradient(
+            inner, outer, 0.3, method="shine", tol=tol, solver=LBFGS(memory_size=10)
+        )
+        assert res.inner_state.memory.count >= N_FEATURES  # the memory spans the space
+        assert res.info["backward"] == "shine"  # the estimate itself, kept by the safeguard
+        assert rel_err(res.q, ref["q"]) < 0.25
+        assert cosine(res.q, ref["q"]) > 0.97
+
+
 @pytest.mark.parametrize("method", ["shine", "shine-opa", "shine-refine", "jacobian-free"])
 def test_approximate_methods_finite_and_sign_on_breast_cancer(cancer, method):
     inner, outer, _, ref = cancer
@@ -269,7 +310,9 @@ def test_approximate_methods_finite_and_sign_on_breast_cancer(cancer, method):
     assert np.isfinite(res.value) and np.isfinite(res.grad)
     assert np.all(np.isfinite(res.q))
     assert np.sign(res.grad) == np.sign(ref["grad"])
-    assert res.value == pytest.approx(ref["value"], rel=1e-6)
+    # The value at an inner solution within ||g|| / lambda_min of the optimum (first order).
+    slope = np.linalg.norm(outer.grad(ref["w"]))
+    assert abs(res.value - ref["value"]) <= 2 * slope * solution_error_bound(inner, res.coef, 0.0)
 
 
 def test_shine_refine_at_least_as_accurate_as_shine(cancer):
@@ -307,7 +350,7 @@ def test_safeguard_threshold_forces_fallback(cancer, method):
     assert rel_err(res.grad, cg.grad) < 1e-6
 
 
-def test_safeguard_catches_bad_inverse_and_false_keeps_raw(cancer):
+def test_safeguard_reports_its_scales_and_false_keeps_raw(cancer):
     inner, outer, _, ref = cancer
     solver = LBFGS(memory_size=1)
     raw = hypergradient(
@@ -319,24 +362,16 @@ def test_safeguard_catches_bad_inverse_and_false_keeps_raw(cancer):
     np.testing.assert_allclose(raw.q, raw.inner_state.inverse_hessian.matvec(v), rtol=1e-12)
     assert rel_err(raw.q, ref["q"]) > 0.1  # the bad estimate really is bad
 
-    # The safeguard's two scales, computed independently: minimal residual and energy norm.
+    # The safeguard's scales and residual, computed independently with the dense Hessian
+    # (which agrees with the library's products to round-off, cond(H) * eps ~ 1e-13).
     Hq = ref["H"] @ raw.q
     beta = (v @ Hq) / (Hq @ Hq)
     beta_energy = (raw.q @ v) / (raw.q @ Hq)
     residual = np.linalg.norm(beta * Hq - v) / np.linalg.norm(v)
-
     checked = hypergradient(inner, outer, 0.0, method="shine", tol=1e-10, solver=solver)
     assert checked.info["adjoint_scale"] == pytest.approx(beta_energy, rel=1e-8)
+    assert checked.info["adjoint_scale_residual"] == pytest.approx(beta, rel=1e-8)
     assert checked.info["adjoint_residual"] == pytest.approx(residual, rel=1e-8)
-    both_low = beta < 0.5 and beta_energy < 0.5
-    both_high = beta > 2.0 and beta_energy > 2.0
-    if residual > 0.9:
-        assert checked.info["backward"] == "shine+fallback-cg"
-    elif both_low or both_high:
-        assert checked.info["backward"] == "shine+rescaled"
-        np.testing.assert_allclose(checked.q, beta_energy * raw.q, rtol=1e-7)
-    else:
-        assert checked.info["backward"] == "shine"
 
     # A threshold no estimate can meet forces the CG fallback, which is exact.
     strict = hypergradient(
@@ -347,56 +382,105 @@ def test_safeguard_catches_bad_inverse_and_false_keeps_raw(cancer):
     assert rel_err(strict.grad, ref["grad"]) < 1e-6
 
 
-def test_safeguard_rescales_a_badly_scaled_estimate(cancer):
-    from hoag_shine.hypergradients import _check_adjoint
+def _rotated(h, v, degrees):
+    """``H^{-1} (v cos t + u sin t)`` with ``u`` orthogonal to ``v``, ``||u|| = ||v||``:
+    ``H q`` makes the angle ``t`` with ``v`` (so the best multiple's residual is ``sin t``)."""
+    u = np.roll(v, 1) - (np.roll(v, 1) @ v) / (v @ v) * v
+    u *= np.linalg.norm(v) / np.linalg.norm(u)
+    t = np.deg2rad(degrees)
+    return np.linalg.solve(h, np.cos(t) * v + np.sin(t) * u)
 
-    ref = cancer[3]
-    H = ref["H"]
-    v = H @ ref["q"]  # the exact adjoint solves H q = v
-    info = {}
-    # The right direction with a norm 20 times too small: kept, but rescaled exactly (both
-    # scales agree on 20 for a multiple of the exact adjoint).
-    verdict, beta = _check_adjoint(0.05 * ref["q"], v, lambda x: H @ x, 0.9, info)
-    assert verdict == "rescale"
-    assert beta == pytest.approx(20.0, rel=1e-8)
-    # When the two scales disagree (one in the band), the estimate is kept as it is.
-    mixed = ref["q"] + 0.3 * np.linalg.norm(ref["q"]) * np.eye(len(v))[0]
-    Hm = H @ mixed
-    scales = ((v @ Hm) / (Hm @ Hm), (mixed @ v) / (mixed @ Hm))
-    in_band = [0.5 <= scale <= 2.0 for scale in scales]
-    if any(in_band):
-        assert _check_adjoint(mixed, v, lambda x: H @ x, 0.9, {})[0] in ("keep", "fallback")
-    assert info["adjoint_residual"] < 1e-8
-    # Within a factor 2: kept as it is.
-    assert _check_adjoint(0.7 * ref["q"], v, lambda x: H @ x, 0.9, {})[0] == "keep"
-    # An orthogonal-ish direction: residual above the threshold, CG fallback.
-    other = np.linalg.solve(H, np.roll(v, 7))
-    assert _check_adjoint(other, v, lambda x: H @ x, 0.1, {})[0] == "fallback"
-    # Negative curvature or non-finite values: fallback.
-    assert _check_adjoint(-ref["q"], v, lambda x: H @ x, 0.9, {})[0] == "fallback"
-    assert _check_adjoint(ref["q"] * np.nan, v, lambda x: H @ x, 0.9, {})[0] == "fallback"
+
+@pytest.mark.parametrize(
+    ("case", "verdict", "backward"),
+    [
+        ("exact", "keep", "shine"),
+        ("within-band", "keep", "shine"),  # 0.7 q*: both scales 1/0.7, inside [1/2, 2]
+        ("too-short", "rescale", "shine+rescaled"),  # 0.05 q*: both scales 20
+        ("mixed-scales", "keep", "shine"),  # one scale in the band, one outside
+        ("rotated-30", "keep", "shine"),  # residual sin 30 = 0.5 <= 0.9
+        ("rotated-70", "fallback", "shine+fallback-cg"),  # residual sin 70 = 0.94 > 0.9
+        ("opposite", "fallback", "shine+fallback-cg"),  # q.v < 0
+        ("nan", "fallback", "shine+fallback-cg"),
+    ],
+)
+def test_safeguard_verdicts_known_in_advance(cancer, monkeypatch, case, verdict, backward):
+    """Adjoints built so that the right verdict is known before the safeguard looks at them,
+    fed to the whole pipeline in place of the L-BFGS estimate: the verdict, the adjoint used
+    and the hypergradient must follow."""
+    from hoag_shine.solvers import LBFGSState
+
+    inner, outer, _, ref = cancer
+    h, q_star = ref["H"], ref["q"]
+    v = h @ q_star
+    # Along the lowest-curvature eigenvector e, a step with H-image 0.6 ||v|| e: H q makes an
+    # angle of atan(0.6) = 31 degrees with v (residual 0.51) and the residual scale is
+    # 1/1.36 = 0.74 (in the band) while q.Hq grows by 0.36 ||v||^2 / lambda_min, which pushes
+    # the energy scale far below the band (lambda_min = 1, the other eigenvalues up to 49).
+    eigenvalues, eigenvectors = np.linalg.eigh(h)
+    q_mixed = q_star + 0.6 * np.linalg.norm(v) / eigenvalues[0] * eigenvectors[:, 0]
+    designed = {
+        "exact": q_star,
+        "within-band": 0.7 * q_star,
+        "too-short": 0.05 * q_star,
+        "mixed-scales": q_mixed,
+        "rotated-30": _rotated(h, v, 30),
+        "rotated-70": _rotated(h, v, 70),
+        "opposite": -q_star,
+        "nan": q_star * np.nan,
+    }[case]
+    if case == "mixed-scales":  # the construction gives one scale in the band, one outside
+        hq = h @ designed
+        scales = ((v @ hq) / (hq @ hq), (designed @ v) / (designed @ hq))
+        assert sum(0.5 <= scale <= 2.0 for scale in scales) == 1, scales
+
+    class Designed:
+        def matvec(self, _):
+            return designed.copy()
+
+    monkeypatch.setattr(LBFGSState, "inverse_hessian", property(lambda self: Designed()))
+    # The inner solve is tight, so grad outer at its solution is v (to 1e-9 relative).
+    res = hypergradient(inner, outer, 0.0, method="shine", tol=1e-12, cg_tol=1e-12)
+    assert res.info["backward"] == backward
+    cross = np.exp(0.0) * res.coef  # the scalar cross derivative alpha * w
+    if verdict == "keep":
+        np.testing.assert_array_equal(res.q, designed)
+    elif verdict == "rescale":
+        assert res.info["adjoint_scale"] == pytest.approx(20.0, rel=1e-6)
+        np.testing.assert_allclose(res.q, q_star, rtol=1e-6)
+    else:
+        assert rel_err(res.q, q_star) < 1e-6  # CG's exact adjoint
+    np.testing.assert_allclose(res.grad, -cross @ res.q, rtol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
 # Finite differences
 # --------------------------------------------------------------------------------------------
 def test_finite_difference_full_and_directional():
+    """Finite differences against the closed-form ridge hypergradient and the dense logistic
+    one, within the error bound of a central difference of inexact solves (noise and
+    truncation, see ``_reference.finite_difference_error_bound``)."""
     inner, outer, data = make_problem("ridge", per_feature=True)
     log_alpha = make_log_alpha(True)
     ref = reference("ridge", *data, log_alpha, per_feature=True, fit_intercept=False)
     fd = finite_difference_hypergradient(inner, outer, log_alpha)
     assert fd.shape == (N_FEATURES,)
-    assert rel_err(fd, ref["grad"]) < 1e-5
+    bound = finite_difference_error_bound(inner, outer, log_alpha, step=1e-4, tol=1e-12)
+    assert np.linalg.norm(fd - ref["grad"]) <= bound
     direction = np.random.default_rng(3).standard_normal(N_FEATURES)
     fd_dir = finite_difference_hypergradient(inner, outer, log_alpha, direction=direction)
     assert np.ndim(fd_dir) == 0
-    assert float(fd_dir) == pytest.approx(float(ref["grad"] @ direction), rel=1e-5)
+    bound = finite_difference_error_bound(
+        inner, outer, log_alpha, step=1e-4, tol=1e-12, direction=direction
+    )
+    assert abs(float(fd_dir) - float(ref["grad"] @ direction)) <= bound
 
     inner_s, outer_s, data_s = make_problem("logistic")
     ref_s = reference("logistic", *data_s, 0.3, per_feature=False, fit_intercept=False)
     fd_s = finite_difference_hypergradient(inner_s, outer_s, 0.3)
     assert np.shape(fd_s) == ()
-    assert float(fd_s) == pytest.approx(float(ref_s["grad"]), rel=1e-5)
+    bound = finite_difference_error_bound(inner_s, outer_s, 0.3, step=1e-4, tol=1e-12)
+    assert abs(float(fd_s) - float(ref_s["grad"])) <= bound
 
 
 def test_check_hypergradient_report():
@@ -408,8 +492,13 @@ def test_check_hypergradient_report():
     assert g.shape == f.shape == (N_FEATURES,)
     assert report["relative_error"] == pytest.approx(rel_err(g, f), rel=1e-12)
     assert report["cosine"] == pytest.approx(cosine(g, f), rel=1e-12)
-    assert report["relative_error"] < 1e-5
-    assert report["cosine"] > 1 - 1e-9
+    res = hypergradient(inner, outer, log_alpha, method="cg", tol=1e-11)
+    error = hypergradient_error_bound(inner, outer, res, log_alpha, cg_tol=1e-11)
+    error += finite_difference_error_bound(inner, outer, log_alpha, step=1e-4, tol=1e-12)
+    assert np.linalg.norm(g - f) <= error
+    # cos(g, f) >= 1 - r^2 / 2 for r = ||g - f|| / ||f|| (the sine of the angle is at most r).
+    r = error / np.linalg.norm(f)
+    assert report["cosine"] >= 1 - r**2 / 2 - 1e-12
 
     # a poor method is reported as such
     bad = check_hypergradient(inner, outer, log_alpha, method="jacobian-free", tol=1e-11)
@@ -426,7 +515,12 @@ def test_check_hypergradient_report():
         abs(rep_dir["grad"] - rep_dir["finite_difference"]) / abs(rep_dir["finite_difference"]),
         rel=1e-10,
     )
-    assert rep_dir["relative_error"] < 1e-5
+    error_dir = np.sqrt(N_FEATURES) * hypergradient_error_bound(
+        inner, outer, res, log_alpha, cg_tol=1e-11
+    ) + finite_difference_error_bound(
+        inner, outer, log_alpha, step=1e-4, tol=1e-12, direction=direction
+    )
+    assert abs(rep_dir["grad"] - rep_dir["finite_difference"]) <= error_dir
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,16 +548,25 @@ def test_warm_starts_save_work_without_changing_result(cancer):
     q_warm = hypergradient(inner, outer, 0.0, method="cg", tol=1e-6, q0=prev.q)
 
     assert coef_warm.info["inner_iter"] < cold.info["inner_iter"] / 2
-    assert memory_warm.info["inner_iter"] <= coef_warm.info["inner_iter"]
-    assert shifted_warm.info["inner_iter"] <= coef_warm.info["inner_iter"]
+    # Warm memories save iterations; a count may move by one with the rounding of the last
+    # stopping test, so "no more than one iteration worse".
+    assert memory_warm.info["inner_iter"] <= coef_warm.info["inner_iter"] + 1
+    assert shifted_warm.info["inner_iter"] <= coef_warm.info["inner_iter"] + 1
     assert q_warm.info["cg_iter"] < cold.info["cg_iter"]
-    assert q_warm.info["inner_iter"] == cold.info["inner_iter"]
+    assert q_warm.info["inner_iter"] == cold.info["inner_iter"]  # q0 does not touch the solve
     for res in (cold, coef_warm, memory_warm, shifted_warm, q_warm):
         assert res.info["inner_converged"]
         assert np.linalg.norm(inner.grad(res.coef, 0.0)) <= 1e-6 * inner.gradient_scale
-        assert rel_err(res.coef, exact.coef) < 5e-4
-        assert rel_err(res.grad, exact.grad) < 1e-3
-        assert res.value == pytest.approx(exact.value, rel=1e-5)
+        # Each solution is within ||g|| / lambda_min of the optimum, so the value within
+        # ||grad outer|| times that; CG's adjoint (cg_tol = tol) is as accurate as the
+        # solution, and the hypergradient moves by the condition number times both.
+        distance = solution_error_bound(inner, res.coef, 0.0)
+        assert np.linalg.norm(res.coef - exact.coef) <= distance
+        slope = np.linalg.norm(outer.grad(exact.coef))
+        assert abs(res.value - exact.value) <= 2 * slope * distance
+        cond = condition_number(dense_hessian(inner, exact.coef, 0.0))
+        relative_distance = distance / np.linalg.norm(exact.coef)
+        assert rel_err(res.grad, exact.grad) <= 10 * cond * (relative_distance + 1e-6)
 
 
 @pytest.mark.parametrize("per_feature", [False, True], ids=["scalar", "per-feature"])

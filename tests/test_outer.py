@@ -410,11 +410,19 @@ def test_folds_mismatch_raises(folds):
 
 @pytest.mark.parametrize("backend", ["threading", "loky"])
 def test_n_jobs_gives_identical_history(folds, backend):
+    """Bitwise identical: the same computation on the same inputs, with one BLAS thread in the
+    main process and in the workers (joblib gives loky workers cpu_count // n_jobs threads,
+    and a threaded BLAS sums in an order that depends on its thread count)."""
+    from threadpoolctl import threadpool_limits
+
     inners, outers = folds
     kwargs = {"method": "shine-opa", "max_iter": 6}
-    serial = solve_bilevel(inners, outers, -3.0, n_jobs=1, **kwargs)
-    with joblib.parallel_config(backend=backend):
-        parallel = solve_bilevel(inners, outers, -3.0, n_jobs=2, **kwargs)
+    with threadpool_limits(1):
+        serial = solve_bilevel(inners, outers, -3.0, n_jobs=1, **kwargs)
+        # (threads share the main process's limit; loky workers get their own)
+        limit = {"inner_max_num_threads": 1} if backend == "loky" else {}
+        with joblib.parallel_config(backend=backend, **limit):
+            parallel = solve_bilevel(inners, outers, -3.0, n_jobs=2, **kwargs)
     assert_same_history(serial.history, parallel.history)
     assert serial.value == parallel.value
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _reference import finite_difference_error_bound, hypergradient_error_bound
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -155,7 +156,6 @@ def test_every_method_gives_finite_outputs_at_an_optimal_inner_solution(case, to
     no warning, and an inner solution that meets its stopping rule
     ``||grad_w r(w)|| <= tol * ||grad_w r(0)||`` (recomputed here, not read from the solver)."""
     inner, outer = case.inner, case.outer
-    bound = tol * inner.gradient_scale
     for method in METHODS:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a ConvergenceWarning would fail the test
@@ -165,8 +165,9 @@ def test_every_method_gives_finite_outputs_at_an_optimal_inner_solution(case, to
         assert res.coef.shape == (inner.n_params,)
         assert res.q.shape == (inner.n_params,)
         assert res.info["inner_converged"], (method, case.description)
-        grad_norm = np.linalg.norm(inner.grad(res.coef, case.log_alpha))
-        assert grad_norm <= bound, (method, grad_norm / inner.gradient_scale, case.description)
+        # The solver's own stopping rule (per block with an intercept), on the same gradient.
+        measure = inner.relative_gradient_norm(inner.grad(res.coef, case.log_alpha))
+        assert measure <= tol, (method, measure, case.description)
         # The reported value is the criterion at the returned coefficient.
         assert res.value == outer.value(res.coef)
 
@@ -175,15 +176,11 @@ def test_every_method_gives_finite_outputs_at_an_optimal_inner_solution(case, to
 FD_STEP, FD_TOL = 1e-4, 1e-12
 #: Inner tolerance (and CG tolerance) of the hypergradient under test.
 CG_TOL = 1e-11
-#: ``||g - fd|| <= RTOL ||fd|| + ATOL (1 + |f|)``.
-#: The central difference errs by ``h^2 |f'''| / 6`` (truncation, ~2e-9 |f'''| for h = 1e-4)
-#: plus ``delta / h`` with ``delta`` the error of one value (inner tolerance 1e-12 and
-#: round-off, ~1e-12 (1 + |f|)): about 1e-8 (1 + |f|) together; the implicit-function
-#: hypergradient errs by the inner and CG tolerances (1e-11) times the conditioning of the
-#: inner Hessian, which ``log_alpha`` in [-3, 3] keeps below ~1e3 on these problems.
-#: RTOL = 1e-4 and ATOL = 1e-6 leave a margin of 100 over these estimates (the largest
-#: relative error seen over hundreds of examples is ~1e-6).
-FD_RTOL, FD_ATOL = 1e-4, 1e-6
+# The error bounds are computed per case (``_reference``): the central difference errs by its
+# noise (each differenced solve is within ||g|| / lambda_min of its optimum, which can be large
+# at log_alpha = -3 with more features than samples) and its truncation (estimated from the
+# difference at twice the step); the implicit-function hypergradient by the inner and CG
+# tolerances times the conditioning of the inner Hessian.
 
 
 @PROFILE
@@ -194,7 +191,9 @@ def test_cg_hypergradient_matches_central_finite_differences(case):
     fd = finite_difference_hypergradient(inner, outer, case.log_alpha, step=FD_STEP, tol=FD_TOL)
     assert np.shape(fd) == np.shape(res.grad)
     error = np.linalg.norm(np.atleast_1d(res.grad - fd))
-    bound = FD_RTOL * np.linalg.norm(np.atleast_1d(fd)) + FD_ATOL * (1.0 + abs(res.value))
+    bound = hypergradient_error_bound(
+        inner, outer, res, case.log_alpha, cg_tol=CG_TOL
+    ) + finite_difference_error_bound(inner, outer, case.log_alpha, step=FD_STEP, tol=FD_TOL)
     assert error <= bound, (error, bound, res.grad, fd, case.description)
 
 
@@ -210,8 +209,13 @@ def test_cg_hypergradient_matches_directional_finite_difference(case, seed):
         inner, outer, case.log_alpha, step=FD_STEP, tol=FD_TOL, direction=direction
     )
     directional = float(np.sum(res.grad * direction))
-    bound = FD_RTOL * abs(fd) + FD_ATOL * (1.0 + abs(res.value))
-    assert abs(directional - fd) <= bound, (directional, fd, case.description)
+    # |(g - g*) . d| <= ||g - g*|| for a unit direction.
+    bound = hypergradient_error_bound(
+        inner, outer, res, case.log_alpha, cg_tol=CG_TOL
+    ) + finite_difference_error_bound(
+        inner, outer, case.log_alpha, step=FD_STEP, tol=FD_TOL, direction=direction
+    )
+    assert abs(directional - fd) <= bound, (directional, fd, bound, case.description)
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,12 +80,21 @@ def quad():
 
 def test_lbfgs_converges_on_quadratic(quad):
     a, b, x_star = quad
-    state = LBFGS(memory_size=5, tol=1e-10, max_iter=1000).run(quadratic(a, b), np.zeros(30))
+    tol = 1e-10
+    state = LBFGS(memory_size=5, tol=tol, max_iter=1000).run(quadratic(a, b), np.zeros(30))
     assert state.converged
-    assert state.grad_norm <= 1e-10
-    assert np.linalg.norm(a @ state.x - b) <= 1e-10
-    np.testing.assert_allclose(state.x, x_star, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(state.value, -0.5 * b @ x_star, rtol=1e-12)
+    assert state.grad_norm <= tol
+    assert np.linalg.norm(a @ state.x - b) <= tol
+    # x - x* = A^{-1} g, so ||x - x*|| <= ||g|| / lambda_min(A) <= tol / lambda_min (lambda_min
+    # is 1 here); the residual a @ x - b is recomputed, hence the round-off of one product.
+    lambda_min = np.linalg.eigvalsh(a)[0]
+    round_off = 30 * np.finfo(float).eps * np.linalg.norm(a, 2) * np.linalg.norm(x_star)
+    assert np.linalg.norm(state.x - x_star) <= (tol + round_off) / lambda_min
+    # f(x) - f* = 1/2 (x - x*)^T A (x - x*) <= ||g||^2 / (2 lambda_min), plus the round-off of
+    # the value itself (a few ulps of its terms).
+    f_star = -0.5 * b @ x_star
+    value_round_off = 30 * np.finfo(float).eps * np.linalg.norm(b) * np.linalg.norm(x_star)
+    assert abs(state.value - f_star) <= tol**2 / (2 * lambda_min) + value_round_off
     assert 0 < state.n_iter < 300
     assert state.n_fun_evals >= state.n_iter + 1
     assert state.n_opa_evals == 0
@@ -174,10 +183,11 @@ def test_inverse_hessian_after_more_than_memory_size_updates(quad):
         points.append(x.copy())
         return quadratic(a, b)(x)
 
-    state = LBFGS(memory_size=4, tol=1e-9).run(value_and_grad, np.zeros(30))
-    assert state.n_iter > 3 * 4
-    # The circular buffer is not aligned with its storage (else any order test is vacuous).
-    assert (state.n_iter - state.memory.n_skipped) % 4 != 0
+    # A fixed number of iterations (tol=0 never stops the solver earlier): 14 pairs through a
+    # buffer of 4 leave it unaligned with its storage (else any order test is vacuous).
+    state = LBFGS(memory_size=4, tol=0.0, max_iter=14).run(value_and_grad, np.zeros(30))
+    assert state.n_iter == 14 and state.memory.n_skipped == 0
+    assert (state.n_iter - state.memory.n_skipped) % 4 == 2
     s_rows, y_rows = state.memory.pairs()
     # The newest pair is the solver's last step: x - s_newest is the previous iterate, which
     # was evaluated, and y_newest the change of gradient along that step.
@@ -321,7 +331,8 @@ def test_lbfgs_warm_start_memory_copied_and_faster():
     cold = solver.run(quadratic(a, b2), first.x)
     warm = solver.run(quadratic(a, b2), first.x, memory=memory)
     assert cold.converged and warm.converged
-    np.testing.assert_allclose(warm.x, np.linalg.solve(a, b2), rtol=1e-6)
+    # tol / lambda_min from the optimum (lambda_min = 1).
+    assert np.linalg.norm(warm.x - np.linalg.solve(a, b2)) <= 1e-8 / np.linalg.eigvalsh(a)[0]
     assert warm.n_iter < 0.7 * cold.n_iter
     # The memory given as warm start is unchanged (the solver worked on a copy).
     assert warm.memory is not memory
@@ -357,12 +368,17 @@ def test_lbfgs_torch_float64_matches_numpy():
     assert st_t.x.dtype == torch.float64
     assert torch.count_nonzero(x0) == 0
     assert st_t.converged and st_np.converged
-    assert st_t.n_iter == st_np.n_iter
-    assert len(points["torch"]) == len(points["numpy"])
-    np.testing.assert_allclose(
-        np.array(points["torch"]), np.array(points["numpy"]), rtol=1e-8, atol=1e-10
-    )
-    np.testing.assert_allclose(st_t.x.numpy(), st_np.x, rtol=1e-9)
+    # The same algorithm: the first evaluations are the same points, up to the round-off of
+    # the products (torch's MKL and numpy's BLAS sum in other orders), which the first
+    # iterations amplify little (cond 10): the points agree to a few ulps of their norm.
+    for p_t, p_np in zip(points["torch"][1:6], points["numpy"][1:6], strict=True):
+        assert relative(p_t, p_np) <= 1e3 * np.finfo(float).eps
+    # Later, round-off may make the paths part; both solutions meet the tolerance, so each is
+    # within tol / lambda_min of the optimum (lambda_min = 1).
+    x_star = np.linalg.solve(a, b)
+    bound = 1e-7 / np.linalg.eigvalsh(a)[0]
+    assert np.linalg.norm(st_t.x.numpy() - x_star) <= bound
+    assert np.linalg.norm(st_np.x - x_star) <= bound
     # The inverse estimate on tensors is the memory itself: the dense BFGS of its own pairs
     # (the last pairs are round-off sensitive steps, so numpy's pairs differ slightly).
     v = np.random.default_rng(8).standard_normal(30)
@@ -381,31 +397,32 @@ def test_lbfgs_torch_float64_matches_numpy():
 # -- L-BFGS: outer-problem awareness ----------------------------------------------------------
 
 
-@pytest.fixture
-def ill_quad():
+def test_opa_same_optimum_and_better_inverse_in_direction():
+    """OPA moves no iterate, so both solves reach the same optimum within their tolerance; and
+    its pairs make the estimate point along ``A^{-1} v``.
+
+    A moderately conditioned quadratic (cond 1e2, memory 10, OPA every 3 iterations) keeps
+    the path short (about 100 iterations) and insensitive to round-off: with ``b`` perturbed
+    by 1e-15 to 1e-14 relative the iteration counts stay within one, and the cosines within
+    [0.41, 0.55] without OPA and [0.97, 1.0] with it. (On an ill-conditioned problem with a
+    short memory the path runs thousands of chaotic iterations and the final estimate's norm
+    error varies by 10x under such perturbations: only the direction is compared here.)
+    """
     rng = np.random.default_rng(9)
     d = 40
-    a = spd_matrix(rng, d, 1e4)
-    b = rng.standard_normal(d)
-    v = rng.standard_normal(d)
-    return a, b, v
-
-
-def test_opa_same_optimum_and_better_inverse_in_direction(ill_quad):
-    a, b, v = ill_quad
+    a = spd_matrix(rng, d, 1e2)
+    b, v = rng.standard_normal(d), rng.standard_normal(d)
     x_star = np.linalg.solve(a, b)
     target = np.linalg.solve(a, v)
-    plain = LBFGS(memory_size=5, tol=1e-8, max_iter=5000).run(quadratic(a, b), np.zeros(40))
+    plain = LBFGS(memory_size=10, tol=1e-8, max_iter=5000).run(quadratic(a, b), np.zeros(d))
     calls = []
 
     def direction(x):
         calls.append(x.copy())
         return v
 
-    # OPA at every iteration: with a memory of 5 on a condition number of 1e4, sparser OPA
-    # pairs improve the cosine (0.61 -> 0.91) but not reliably the norm.
-    opa = LBFGS(memory_size=5, tol=1e-8, max_iter=5000, opa_freq=1, opa_final=2).run(
-        quadratic(a, b), np.zeros(40), opa_direction=direction
+    opa = LBFGS(memory_size=10, tol=1e-8, max_iter=5000, opa_freq=3, opa_final=2).run(
+        quadratic(a, b), np.zeros(d), opa_direction=direction
     )
     assert plain.converged and opa.converged
     assert plain.n_opa_evals == 0
@@ -419,11 +436,18 @@ def test_opa_same_optimum_and_better_inverse_in_direction(ill_quad):
 
     cos_plain = cosine(plain.inverse_hessian @ v, target)
     cos_opa = cosine(opa.inverse_hessian @ v, target)
-    err_plain = relative(plain.inverse_hessian @ v, target)
-    err_opa = relative(opa.inverse_hessian @ v, target)
-    assert cos_opa > 0.95
-    assert cos_opa > cos_plain + 0.1
-    assert err_opa < 0.75 * err_plain
+    assert cos_opa > 0.9
+    assert cos_opa > cos_plain + 0.2
+
+
+@pytest.fixture
+def ill_quad():
+    rng = np.random.default_rng(9)
+    d = 40
+    a = spd_matrix(rng, d, 1e4)
+    b = rng.standard_normal(d)
+    v = rng.standard_normal(d)
+    return a, b, v
 
 
 def test_opa_final_pair_is_exact_secant_pair_along_h_v(ill_quad):
@@ -441,9 +465,11 @@ def test_opa_final_pair_is_exact_secant_pair_along_h_v(ill_quad):
     h_prev = dense_bfgs_inverse(s_rows[:-1], y_rows[:-1])
     assert cosine(e, h_prev @ v) > 1 - 1e-10
     assert relative(y_e, a @ e) < 1e-5  # a quadratic's secant pair is exact (up to round-off)
-    # The step length is the last step (at least the round-off floor).
+    # The rule for the pair's length: the last step's length, or the round-off floor
+    # sqrt(eps) * max(1, ||x||) when that is larger; e is rescaled to it exactly (one division).
     last_step = np.linalg.norm(s_rows[-2])
-    assert np.linalg.norm(e) == pytest.approx(max(last_step, 1.5e-8), rel=1e-6)
+    floor = np.sqrt(np.finfo(float).eps) * max(1.0, np.linalg.norm(state.x))
+    assert np.linalg.norm(e) == pytest.approx(max(last_step, floor), rel=1e-12)
     h = state.inverse_hessian
     assert relative(h @ y_e, e) < 1e-10
     assert relative(dense(h, d), dense_bfgs_inverse(s_rows, y_rows)) < 1e-8
@@ -801,3 +827,86 @@ def test_strong_wolfe_max_evals_returns_best_decrease():
     assert len(calls) == 3
     assert result.step == max(calls)  # the best value among the tried steps
     assert f(result.step) < f(0.0)
+
+
+# -- cross-checks against scipy ----------------------------------------------------------------
+
+
+def test_two_loop_matches_scipy_lbfgs_inverse_product():
+    """scipy's ``LbfgsInvHessProduct`` runs the two-loop recursion with ``H0 = I``. The BFGS
+    recursion with ``H0 = gamma I`` on pairs ``(s, y)`` is ``gamma`` times the one with
+    ``H0 = I`` on ``(s, gamma y)`` (each update is homogeneous in ``H`` and ``1/y``), so the
+    two must agree to round-off: a few ulps per pair, times the conditioning of the updates."""
+    from scipy.optimize import LbfgsInvHessProduct
+
+    a, b = spd_matrix(np.random.default_rng(20), 30, 1e2), np.ones(30)
+    state = LBFGS(memory_size=7, tol=1e-9).run(quadratic(a, b), np.zeros(30))
+    assert state.memory.count == 7 and state.n_iter > 7  # the buffer has wrapped
+    s_rows, y_rows = state.memory.pairs()
+    gamma = state.memory.gamma
+    scipy_h = LbfgsInvHessProduct(s_rows, gamma * y_rows)
+    amplification = np.sum(
+        np.linalg.norm(s_rows, axis=1) * np.linalg.norm(y_rows, axis=1) / np.sum(s_rows * y_rows, 1)
+    )
+    for v in np.random.default_rng(21).standard_normal((4, 30)):
+        ours, theirs = state.memory.matvec(v), gamma * scipy_h.matvec(v)
+        assert relative(ours, theirs) <= 10 * 7 * amplification * np.finfo(float).eps
+
+
+@pytest.mark.parametrize("direction", ["gradient", "newton", "random"])
+@pytest.mark.parametrize("c2", [0.9, 0.1])
+def test_line_search_agrees_with_scipy_on_a_quadratic(quad, direction, c2):
+    """Along a line, a quadratic is a parabola ``phi`` with ``phi'(t) = phi'(0) (1 - t/t*)``,
+    so a step meets the strong curvature condition exactly when ``|1 - t/t*| <= c2``: both
+    searches must end in that interval, and with the Newton direction (``t* = 1``) both must
+    accept the unit step they start from, to round-off."""
+    from scipy.optimize import line_search
+
+    a, b, _ = quad
+    x0 = np.random.default_rng(22).standard_normal(30)
+    g0 = a @ x0 - b
+    p = {
+        "gradient": -g0,
+        "newton": -np.linalg.solve(a, g0),
+        "random": -g0 + 0.5 * np.linalg.norm(g0) * np.random.default_rng(23).standard_normal(30),
+    }[direction]
+    assert g0 @ p < 0
+    t_star = -(g0 @ p) / (p @ a @ p)
+
+    def f(x):
+        return 0.5 * x @ a @ x - b @ x
+
+    def phi(t):
+        return f(x0 + t * p), (a @ (x0 + t * p) - b) @ p, None
+
+    ours = strong_wolfe(phi, f(x0), g0 @ p, 1.0, c1=1e-4, c2=c2, value_noise=0.0)
+    theirs = line_search(f, lambda x: a @ x - b, x0, p, gfk=g0, old_fval=f(x0), c1=1e-4, c2=c2)
+    assert ours.success and theirs[0] is not None
+    for step in (ours.step, theirs[0]):
+        assert abs(1 - step / t_star) <= c2
+    if direction == "newton":
+        assert t_star == pytest.approx(1.0, rel=1e-10)
+        assert ours.step == theirs[0] == 1.0
+
+
+@pytest.mark.parametrize("n_iter", [1, 5, 15])
+def test_cg_iterates_match_scipy(spd_system, n_iter):
+    """The same Krylov recurrence from zero: after k iterations both are the same iterate, up
+    to round-off that grows like k * cond * eps; to convergence, both meet the residual
+    tolerance and are within 2 rtol ||b|| / lambda_min of each other."""
+    from scipy.sparse.linalg import cg
+
+    a, b, x_star = spd_system
+    cond = np.linalg.cond(a)
+    ours = conjugate_gradient(lambda v: a @ v, b, rtol=0.0, max_iter=n_iter)
+    theirs, info = cg(a, b, rtol=1e-300, atol=0.0, maxiter=n_iter)
+    assert ours.n_iter == n_iter and info == n_iter  # both ran k iterations
+    assert relative(ours.x, theirs) <= 10 * n_iter * cond * np.finfo(float).eps
+
+    rtol = 1e-8
+    ours = conjugate_gradient(lambda v: a @ v, b, rtol=rtol, max_iter=1000)
+    theirs, info = cg(a, b, rtol=rtol, atol=0.0, maxiter=1000)
+    assert ours.converged and info == 0
+    lambda_min = np.linalg.eigvalsh(a)[0]
+    assert np.linalg.norm(ours.x - theirs) <= 2 * rtol * np.linalg.norm(b) / lambda_min
+    assert np.linalg.norm(ours.x - x_star) <= rtol * np.linalg.norm(b) / lambda_min

@@ -30,6 +30,18 @@ import joblib
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _reference import (
+    adjoint_tolerance,
+    condition_number,
+    dense_hessian,
+    exact_hypergradient_at,
+    finite_difference_error_bound,
+    hypergradient_agreement_bound,
+    hypergradient_error_bound,
+    pairs_of,
+    solution_error_bound,
+    update_amplification,
+)
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
@@ -42,6 +54,7 @@ from hoag_shine import (
     solve_bilevel,
 )
 from hoag_shine.backends import check_backend, make_criterion, make_problem
+from hoag_shine.hypergradients import _RESCALE_BAND
 
 torch = pytest.importorskip("torch")
 
@@ -56,8 +69,13 @@ from hoag_shine.backends import (  # noqa: E402  (needs torch)
 RTOL = 1e-8
 #: CG tolerance of the parity tests (see the module docstring).
 CG_TOL = 1e-12
-#: Tolerance of the HOAG paths with OPA (see the module docstring).
-RTOL_OPA = 1e-7
+#: Tolerance of the HOAG paths with OPA: when a warm-started inner solve needs no iteration,
+#: OPA's secant step is floored at ``sqrt(eps) ||x||``, so its gradient difference carries a
+#: relative round-off of ``sqrt(eps)`` times the ratio of the gradient's terms to the
+#: difference (at most about 10 on these standardized problems), and the outer steps pass it
+#: on to ``log_alpha``: ``100 sqrt(eps) = 1.5e-6``. (The exact methods' paths follow their
+#: iterates: ``RTOL``.)
+RTOL_OPA = 100 * float(np.sqrt(np.finfo(np.float64).eps))
 
 DEVICES = [
     "cpu",
@@ -247,15 +265,75 @@ def test_sparse_stays_sparse_with_compact_indices():
 
 
 # -- hypergradients ----------------------------------------------------------------------------
-def _assert_same_result(res_np, res_t, rtol=RTOL):
-    assert res_t.info["backward"] == res_np.info["backward"]
+def _verdict_is_near_a_threshold(info, threshold, rtol) -> bool:
+    """True when the safeguard's quantities are within ``10 * rtol`` (relative) of the values
+    where its verdict changes: then the two backends may rightly disagree on it."""
+    if "adjoint_scale_residual" not in info:
+        return False
+    low, high = _RESCALE_BAND
+    checks = [(info["adjoint_residual"], threshold)]
+    checks += [
+        (info[key], bound)
+        for key in ("adjoint_scale", "adjoint_scale_residual")
+        for bound in (low, high)
+    ]
+    return any(abs(value - bound) <= 10 * rtol * abs(bound) for value, bound in checks)
+
+
+def _assert_same_result(res_np, res_t, penalty, *, threshold=0.9):
+    """The two backends ran the same computation, up to round-off.
+
+    - The inner solves take the same steps: their stopping tests and line searches compare
+      quantities that agree to about 1e-12 relative, so the iteration counts are equal (a tie
+      within round-off is a 1e-12 event), and the iterates agree to round-off amplified along
+      the path, ``n_iter * cond * eps ~ 1e-12``; ``RTOL = 1e-8`` separates that from another
+      valid solution (``tol * cond ~ 1e-6`` away).
+    - The adjoints agree to :func:`_reference.adjoint_tolerance`.
+    - The hypergradient ``-(penalty * w) . q`` (per feature: per coordinate) then agrees to
+      ``||penalty * w|| ||dq|| + ||penalty * q|| ||dw||`` with the measured differences.
+    - The safeguard's verdict is the same unless its quantities are near a threshold.
+    """
     assert res_t.info["inner_iter"] == res_np.info["inner_iter"]
-    assert res_t.value == pytest.approx(res_np.value, rel=rtol)
-    assert rel(res_np.coef, res_t.coef) < rtol
-    assert rel(res_np.q, res_t.q) < rtol
+    assert res_t.value == pytest.approx(res_np.value, rel=RTOL)
+    assert rel(res_np.coef, res_t.coef) < RTOL
+    q_tol = adjoint_tolerance(res_np, res_t, RTOL)
+    assert rel(res_np.q, res_t.q) < q_tol
+    if res_t.info["backward"] != res_np.info["backward"]:
+        assert _verdict_is_near_a_threshold(res_np.info, threshold, q_tol), (
+            res_np.info["backward"],
+            res_t.info["backward"],
+        )
     assert isinstance(res_t.grad, np.ndarray) and res_t.grad.dtype == np.float64
     assert res_t.grad.shape == res_np.grad.shape
-    assert rel(res_np.grad, res_t.grad) < rtol
+    assert np.linalg.norm(res_np.grad - res_t.grad) <= hypergradient_agreement_bound(
+        res_np, res_t, penalty
+    )
+
+
+def _penalty(inner_np, la) -> np.ndarray:
+    """The penalties of the coefficients (the cross derivative is ``penalty * w``)."""
+    return np.asarray(inner_np.penalty_weights(la))[: inner_np.design.n_coef]
+
+
+def test_adjoint_tolerance_is_tight_for_identical_pairs():
+    """The tolerance is the pairs' discrepancy times a modest factor, and the two-loop on
+    tensors is the two-loop on arrays: torch's estimate built from numpy's own pairs gives
+    numpy's adjoint to round-off (a wrong order, scaling or sign would be far off)."""
+    from hoag_shine.solvers import LBFGSMemory
+
+    inner_np, outer_np, _, _, la = pair(CONFIGS[1])
+    res = hypergradient(inner_np, outer_np, la, method="shine-opa", tol=1e-6)
+    s, y = pairs_of(res.inner_state.memory)
+    memory_t = LBFGSMemory(s.shape[0], torch.zeros(s.shape[1], dtype=torch.float64))
+    for s_k, y_k in zip(s, y, strict=True):
+        assert memory_t.push(torch.from_numpy(s_k), torch.from_numpy(y_k))
+    v = outer_np.grad(res.coef)
+    q_t = memory_t.matvec(torch.from_numpy(v))
+    q_np = res.inner_state.memory.matvec(v)
+    # Round-off of the two-loop: a few ulps per pair, amplified by the updates.
+    amplification = update_amplification(res.inner_state.memory)
+    assert rel(q_np, q_t) <= 10 * s.shape[0] * amplification * np.finfo(float).eps
+    assert 1.0 <= amplification < 1e3  # the factor of _adjoint_tolerance stays modest
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -266,7 +344,7 @@ def test_hypergradient_parity(config, method, device):
     options = dict(method=method, tol=1e-6, cg_tol=CG_TOL)
     res_np = hypergradient(inner_np, outer_np, la, **options)
     res_t = hypergradient(inner_t, outer_t, la, **options)
-    _assert_same_result(res_np, res_t)
+    _assert_same_result(res_np, res_t, _penalty(inner_np, la))
     assert res_t.coef.device == torch.device(device) or device == "cuda"
     assert isinstance(res_t.coef, torch.Tensor) and isinstance(res_t.q, torch.Tensor)
 
@@ -276,15 +354,40 @@ def test_hypergradient_parity(config, method, device):
 @pytest.mark.parametrize("config", CONFIGS[::2], ids=CONFIG_IDS[::2])
 def test_hypergradient_parity_tight(config, method, device):
     """At tol=1e-10 the last L-BFGS steps are at round-off level, so the two paths may part
-    (55 against 56 iterations on breast_cancer): two solutions within the tolerance, which
-    agree to the tolerance times the conditioning (grad: 1e-8 measured on breast_cancer)."""
+    (55 against 56 iterations on breast_cancer): then they are two solutions that meet the
+    tolerance, each within ``||g|| / lambda_min`` of the optimum, so within the sum of the two
+    bounds of each other; the values differ by at most ``||grad outer||`` times that."""
     inner_np, outer_np, inner_t, outer_t, la = pair(config, device)
     options = dict(method=method, tol=1e-10, cg_tol=CG_TOL)
     res_np = hypergradient(inner_np, outer_np, la, **options)
     res_t = hypergradient(inner_t, outer_t, la, **options)
-    assert res_t.value == pytest.approx(res_np.value, rel=RTOL)
-    assert rel(res_np.coef, res_t.coef) < RTOL
-    assert rel(res_np.grad, res_t.grad) < 10 * RTOL
+    coef_t = _np(res_t.coef)
+    distance = solution_error_bound(inner_np, res_np.coef, la) + solution_error_bound(
+        inner_np, coef_t, la
+    )
+    assert np.linalg.norm(res_np.coef - coef_t) <= distance + RTOL * np.linalg.norm(res_np.coef)
+    slope = np.linalg.norm(outer_np.grad(res_np.coef))
+    assert abs(res_t.value - res_np.value) <= 2 * slope * distance + RTOL * res_np.value
+    # Each hypergradient is the exact one at its own inner solution: CG's adjoint to
+    # cg_tol = 1e-12 (times the conditioning), Jacobian-free's is grad outer itself.
+    for res, coef in ((res_np, res_np.coef), (res_t, coef_t)):
+        if method == "cg":
+            exact = exact_hypergradient_at(inner_np, outer_np, coef, la)
+            # The CG residual is at most cg_tol (per block); the error of the adjoint is at
+            # most the condition number times that, and so is the dense reference's own
+            # round-off times eps: a factor 100 covers the per-block norm and both.
+            cond = condition_number(dense_hessian(inner_np, coef, la))
+            rtol = 100 * cond * CG_TOL
+        else:
+            exact = (
+                -_penalty(inner_np, la)
+                * coef[: inner_np.design.n_coef]
+                * outer_np.grad(coef)[: inner_np.design.n_coef]
+            )
+            exact = exact.reshape(-1, inner_np.n_outputs).sum(axis=1)
+            exact = exact if inner_np.per_feature else np.asarray(exact.sum())
+            rtol = 1e-12  # q = grad outer exactly: one product and a sum apart
+        assert rel(exact, res.grad) < rtol
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -296,7 +399,7 @@ def test_safeguard_parity(method, safeguard_threshold, device):
     options = dict(method=method, tol=1e-6, cg_tol=CG_TOL, safeguard_threshold=safeguard_threshold)
     res_np = hypergradient(inner_np, outer_np, la, **options)
     res_t = hypergradient(inner_t, outer_t, la, **options)
-    _assert_same_result(res_np, res_t)
+    _assert_same_result(res_np, res_t, _penalty(inner_np, la), threshold=safeguard_threshold)
     if safeguard_threshold < 1e-3:
         assert res_t.info["backward"].endswith("fallback-cg")
 
@@ -326,7 +429,7 @@ def test_warm_start_parity(config, method, device):
 
     res_np = hypergradient(inner_np, outer_np, la2, tol=1e-5, **options, **warm(first_np))
     res_t = hypergradient(inner_t, outer_t, la2, tol=1e-5, **options, **warm(first_t))
-    _assert_same_result(res_np, res_t)
+    _assert_same_result(res_np, res_t, _penalty(inner_np, la2))
     # numpy warm starts are accepted by a torch problem (converted to its device)
     res_mixed = hypergradient(
         inner_t,
@@ -339,7 +442,7 @@ def test_warm_start_parity(config, method, device):
         memory=first_t.inner_state.memory,
         memory_log_alpha=la,
     )
-    _assert_same_result(res_np, res_mixed)
+    _assert_same_result(res_np, res_mixed, _penalty(inner_np, la2))
 
 
 def test_no_host_transfer_inside_a_hypergradient(monkeypatch):
@@ -377,31 +480,58 @@ def test_no_host_transfer_inside_a_hypergradient(monkeypatch):
     ids=[CONFIG_IDS[i] for i in (0, 3, 4, 6, 8)],
 )
 def test_hoag_path_parity(config, method, device):
+    """The torch search follows numpy's, as far as numpy's own search is insensitive to
+    round-off.
+
+    Scalar searches contract the discrepancy of their steps (HOAG's step is at most about
+    ``1/L``), so round-off stays at the level of one evaluation. Per-feature searches amplify
+    it (by about 10 per outer iteration after a few iterations on these problems), and a
+    decision near its threshold (accept, fall back) can part any two searches; after that
+    they are different valid searches. Instead of a fixed number of iterations, the window
+    compared is measured on numpy itself: the records where numpy started a few ulps away (the
+    size of the backends' round-off) agrees with numpy to ``rtol / 10`` and takes the same
+    decisions.
+    """
     inner_np, outer_np, inner_t, outer_t, la = pair(config, device)
-    per_feature = config[4]
-    # Per-feature searches amplify round-off chaotically after about 10 outer iterations:
-    # numpy against numpy started at log_alpha0 * (1 + 1e-15) parts the same way (measured on
-    # these problems: 1e-10 after 8 iterations, 1e-4 to 1e-2 after 15), so the paths are
-    # compared over 8 iterations, the scalar searches over 12.
-    options = dict(method=method, max_iter=8 if per_feature else 12)
+    options = dict(method=method, max_iter=12)
     rtol = RTOL
     if method == "cg":
         options["hypergradient_options"] = {"cg_tol": CG_TOL}
     else:
         rtol = RTOL_OPA
     res_np = solve_bilevel(inner_np, outer_np, la, **options)
+    nudge = 4 * np.finfo(float).eps * np.maximum(1.0, np.abs(la))
+    nudged = solve_bilevel(inner_np, outer_np, la + nudge, **options)
     res_t = solve_bilevel(inner_t, outer_t, la, **options)
-    assert res_t.n_iter == res_np.n_iter
-    assert res_t.message == res_np.message
-    for rec_np, rec_t in zip(res_np.history, res_t.history, strict=True):
-        assert rel_log(rec_np["log_alpha"], rec_t["log_alpha"]) < rtol
-        assert rec_t["outer_loss"] == pytest.approx(rec_np["outer_loss"], rel=rtol)
-        assert rec_t["grad_norm"] == pytest.approx(rec_np["grad_norm"], rel=1e-6)
-        for key in ("backward", "accepted", "inner_iter", "n_fun_evals"):
+    # Hypergradients are accurate relative to the size of their terms, not to their value
+    # near a stationary point: grad_norm is compared on the scale of the first one.
+    grad_scale = res_np.history[0]["grad_norm"]
+
+    def discrepancy(a, b) -> float:
+        return max(
+            rel_log(a["log_alpha"], b["log_alpha"]),
+            abs(a["outer_loss"] - b["outer_loss"]) / abs(a["outer_loss"]),
+            abs(a["grad_norm"] - b["grad_norm"]) / grad_scale,
+        )
+
+    decisions = ("backward", "accepted", "inner_iter", "n_fun_evals")
+    window = 0
+    for rec_np, rec_nudged in zip(res_np.history, nudged.history, strict=False):
+        if discrepancy(rec_np, rec_nudged) > rtol / 10 or any(
+            rec_np[key] != rec_nudged[key] for key in decisions
+        ):
+            break
+        window += 1
+    assert window >= 4  # a comparison, not a formality
+    for rec_np, rec_t in zip(res_np.history[:window], res_t.history[:window], strict=True):
+        assert discrepancy(rec_np, rec_t) < rtol
+        for key in decisions:
             assert rec_t[key] == rec_np[key], key
-    assert rel_log(res_np.log_alpha, res_t.log_alpha) < rtol
-    assert res_t.value == pytest.approx(res_np.value, rel=rtol)
-    assert rel(res_np.coef[0], res_t.coef[0]) < 1e-6
+    if window == res_np.n_iter:
+        assert res_t.n_iter == res_np.n_iter
+        assert res_t.message == res_np.message
+        assert rel_log(res_np.log_alpha, res_t.log_alpha) < rtol
+        assert res_t.value == pytest.approx(res_np.value, rel=rtol)
 
 
 def test_hoag_path_parity_cross_validation():
@@ -486,7 +616,14 @@ def test_torch_problem_smoothed_hinge_matches_finite_differences(method, per_fea
     report = check_hypergradient(
         inner, outer, la, method=method, tol=1e-10, step=1e-4, direction=direction
     )
-    assert report["relative_error"] < (1e-5 if method == "cg" else 0.1), report
+    if method == "cg":  # within the bounds of both computations (see _reference)
+        res = hypergradient(inner, outer, la, method="cg", tol=1e-10)
+        bound = finite_difference_error_bound(
+            inner, outer, la, step=1e-4, tol=1e-12, direction=direction
+        ) + np.sqrt(la.size) * hypergradient_error_bound(inner, outer, res, la, cg_tol=1e-10)
+        assert abs(report["grad"] - report["finite_difference"]) <= bound, report
+    else:  # an estimate: no a-priori bound (measured: 9e-4 and 5.5e-2 relative)
+        assert report["relative_error"] < 0.1, report
 
 
 def test_torch_problem_mlp_last_layer_matches_finite_differences():
@@ -516,9 +653,14 @@ def test_torch_problem_mlp_last_layer_matches_finite_differences():
 
     inner = TorchProblem(inner_loss, n_features * n_classes + n_classes)
     outer = TorchCriterion(outer_loss)
-    for method in ("cg", "shine-opa"):
-        report = check_hypergradient(inner, outer, 0.0, method=method, tol=1e-10)
-        assert report["relative_error"] < (1e-5 if method == "cg" else 0.1), (method, report)
+    report = check_hypergradient(inner, outer, 0.0, method="cg", tol=1e-10)
+    res = hypergradient(inner, outer, 0.0, method="cg", tol=1e-10)
+    bound = finite_difference_error_bound(
+        inner, outer, 0.0, step=1e-4, tol=1e-12
+    ) + hypergradient_error_bound(inner, outer, res, 0.0, cg_tol=1e-10)
+    assert abs(report["grad"] - report["finite_difference"]) <= bound, report
+    report = check_hypergradient(inner, outer, 0.0, method="shine-opa", tol=1e-10)
+    assert report["relative_error"] < 0.1, report  # an estimate (see the hinge test)
     path = solve_bilevel(inner, outer, 0.0, method="shine-opa", max_iter=6)
     assert path.value < 0.5 * path.history[0]["outer_loss"]
 
@@ -595,11 +737,15 @@ def test_estimator_torch_backend_matches_numpy(estimator, data_name, per_feature
     options = dict(cv=3, max_outer_iter=6, random_state=0, per_feature=per_feature)
     ref = BilevelEstimator(estimator, **options).fit(X, y)
     got = BilevelEstimator(estimator, backend="torch", **options).fit(X, y)
-    assert rel(ref.best_log_alpha_, got.best_log_alpha_) < 1e-8
+    # The default method is shine-opa: its searches agree to RTOL_OPA (see there), and six
+    # outer iterations stay inside the window where these searches are insensitive to
+    # round-off (test_hoag_path_parity measures it on the same kind of problems).
+    assert rel_log(ref.best_log_alpha_, got.best_log_alpha_) < RTOL_OPA
     assert [r["outer_loss"] for r in got.history_] == pytest.approx(
-        [r["outer_loss"] for r in ref.history_], rel=1e-8
+        [r["outer_loss"] for r in ref.history_], rel=RTOL_OPA
     )
-    np.testing.assert_allclose(got.predict(X), ref.predict(X), rtol=1e-7, atol=1e-9)
+    # The refits solve the same problem at the refit tolerance from the two penalties.
+    np.testing.assert_allclose(got.predict(X), ref.predict(X), rtol=10 * RTOL_OPA, atol=1e-9)
     model = got.best_estimator_
     if per_feature:
         model = model[-1]
