@@ -288,8 +288,10 @@ def test_plain_shine_accurate_when_the_memory_spans_the_space(seed):
     Wolfe steps leaves (exact line searches would make it exact, the hereditary property).
     No a-priori bound exists for that remainder: measured here at 1-6% in ``q`` (cosine above
     0.998) over these seeds and tolerances. The thresholds are 4 times the worst of it;
-    round-off moves the estimate by ~1e-8 (the parity tests), and a broken two-loop (order of
-    the pairs, initial scaling, a sign) is off by more than 50%.
+    round-off moves the estimate by ~1e-8 (the parity tests), and a sign error in the
+    recursion is off by far more. (With a memory that spans the space, the order of the pairs
+    and the initial scaling matter little: test_solvers.py checks them against a dense BFGS
+    and scipy's two-loop.)
     """
     inner, outer, data = make_problem("ridge", seed=seed)
     ref = reference("ridge", *data, 0.3, per_feature=False, fit_intercept=False)
@@ -397,6 +399,7 @@ def _rotated(h, v, degrees):
         ("exact", "keep", "shine"),
         ("within-band", "keep", "shine"),  # 0.7 q*: both scales 1/0.7, inside [1/2, 2]
         ("too-short", "rescale", "shine+rescaled"),  # 0.05 q*: both scales 20
+        ("too-short-off-direction", "rescale", "shine+rescaled"),  # 0.1 q_mixed: 7.4 and 2.7
         ("mixed-scales", "keep", "shine"),  # one scale in the band, one outside
         ("rotated-30", "keep", "shine"),  # residual sin 30 = 0.5 <= 0.9
         ("rotated-70", "fallback", "shine+fallback-cg"),  # residual sin 70 = 0.94 > 0.9
@@ -424,15 +427,18 @@ def test_safeguard_verdicts_known_in_advance(cancer, monkeypatch, case, verdict,
         "within-band": 0.7 * q_star,
         "too-short": 0.05 * q_star,
         "mixed-scales": q_mixed,
+        "too-short-off-direction": 0.1 * q_mixed,
         "rotated-30": _rotated(h, v, 30),
         "rotated-70": _rotated(h, v, 70),
         "opposite": -q_star,
         "nan": q_star * np.nan,
     }[case]
+    hq = h @ designed
+    scales = ((v @ hq) / (hq @ hq), (designed @ v) / (designed @ hq))
     if case == "mixed-scales":  # the construction gives one scale in the band, one outside
-        hq = h @ designed
-        scales = ((v @ hq) / (hq @ hq), (designed @ v) / (designed @ hq))
         assert sum(0.5 <= scale <= 2.0 for scale in scales) == 1, scales
+    if case == "too-short-off-direction":  # both above the band, and far apart
+        assert min(scales) > 2.5 and max(scales) > 2 * min(scales), scales
 
     class Designed:
         def matvec(self, _):
@@ -445,9 +451,12 @@ def test_safeguard_verdicts_known_in_advance(cancer, monkeypatch, case, verdict,
     cross = np.exp(0.0) * res.coef  # the scalar cross derivative alpha * w
     if verdict == "keep":
         np.testing.assert_array_equal(res.q, designed)
-    elif verdict == "rescale":
-        assert res.info["adjoint_scale"] == pytest.approx(20.0, rel=1e-6)
-        np.testing.assert_allclose(res.q, q_star, rtol=1e-6)
+    elif verdict == "rescale":  # by the energy scale q.v / q.Hq (one CG step along q)
+        energy_scale = (designed @ v) / (designed @ h @ designed)
+        assert res.info["adjoint_scale"] == pytest.approx(energy_scale, rel=1e-6)
+        np.testing.assert_allclose(res.q, energy_scale * designed, rtol=1e-6)
+        if case == "too-short":
+            assert energy_scale == pytest.approx(20.0, rel=1e-6)
     else:
         assert rel_err(res.q, q_star) < 1e-6  # CG's exact adjoint
     np.testing.assert_allclose(res.grad, -cross @ res.q, rtol=1e-12)
