@@ -33,7 +33,7 @@ from ._array import to_numpy
 __all__ = ["describe", "fingerprint", "load", "save"]
 
 #: Version of the file layout; a checkpoint of another version is refused.
-FORMAT = 1
+FORMAT = 2
 
 #: Depth to which the attributes of nested objects are described.
 _MAX_DEPTH = 3

@@ -89,7 +89,8 @@ class HypergradientResult:
         ``inner_iter``, ``inner_converged``, ``n_fun_evals``, ``n_opa_evals``, ``n_hvp``,
         ``cg_iter``, ``adjoint_residual`` (relative, when computed), ``adjoint_scale``
         and ``adjoint_scale_residual`` (the safeguard's ``beta_E`` and ``beta``, when
-        computed), ``time_inner``,
+        computed), ``value_error`` (the first-order error of ``value`` left by the inexact
+        inner solution, ``|q . grad r(w)|``; see :func:`hypergradient`), ``time_inner``,
         ``time_backward`` (seconds), ``warnings`` (``(category, message)`` pairs).
     """
 
@@ -186,7 +187,10 @@ def hypergradient(
         Relative inner tolerance: L-BFGS stops when ``inner.relative_gradient_norm(g) <= tol``
         for its gradient ``g`` (for the built-in problems, each block of coefficients, the
         features' and the intercepts', relative to its own scale at ``w = 0``), or, for a
-        problem without that method, when ``||g|| <= tol * inner.gradient_scale``.
+        problem without that method, when ``||g|| <= tol * inner.gradient_scale``; and when
+        its quasi-Newton step, its estimate of the distance to the solution, is at most
+        ``tol * ||w||`` (a warm start at a much smaller penalty can have a small gradient far
+        from the solution, along directions of small curvature).
     coef0 : array, optional
         Warm start of the inner solution (not modified); converted to the backend, dtype and
         device of ``inner.init_coef()`` when it differs (numpy or torch).
@@ -213,8 +217,9 @@ def hypergradient(
     safeguard : bool
         Check SHINE's adjoint and fall back to CG when it is unusable.
     safeguard_threshold : float
-        Largest accepted residual ``||beta H q - v|| / ||v||`` of the best multiple of SHINE's
-        adjoint (see the module docstring).
+        Largest accepted residual ``m(beta H q - v) / m(v)`` of the best multiple of SHINE's
+        adjoint, in the stopping measure ``m`` described under ``tol`` (see the module
+        docstring).
     emit_warnings : bool
         Emit the warnings below. When False they are only collected in
         ``info["warnings"]`` as ``(category, message)`` pairs, for callers running in worker
@@ -240,6 +245,7 @@ def hypergradient(
     solver = replace(
         base,
         tol=tol,
+        step_tol=tol,
         gradient_norm=measure,
         opa_freq=base.opa_freq if method == "shine-opa" else None,
     )
@@ -273,13 +279,16 @@ def hypergradient(
         )
     w = state.x
     time_inner = time.perf_counter() - start
+    opa_incomplete = method == "shine-opa" and not state.converged and solver.opa_final > 0
 
     start = time.perf_counter()
     value, v = outer.value_and_grad(w)
     v_norm = max(measure(v), np.finfo(float).tiny)
     hessian = _CountingOperator(lambda: inner.hessian_operator(w, la))
     cg_tol = tol if cg_tol is None else cg_tol
-    info: dict[str, Any] = {"method": method, "backward": method, "cg_iter": 0}
+    # Without convergence the solver adds no final OPA pairs: the estimate lacks them.
+    backward_name = f"{method}+no-final-opa" if opa_incomplete else method
+    info: dict[str, Any] = {"method": method, "backward": backward_name, "cg_iter": 0}
 
     def run_cg(start_point, max_iter, warn=True):
         # The residual has the units of a gradient: measured like the inner solver's.
@@ -307,14 +316,19 @@ def hypergradient(
         if method == "shine-refine":
             q = run_cg(q, refine_iter, warn=False)
         if safeguard:
-            verdict, scale = _check_adjoint(q, v, hessian, safeguard_threshold, info)
+            verdict, scale = _check_adjoint(q, v, hessian, safeguard_threshold, info, measure)
             if verdict == "fallback":
-                info["backward"] = f"{method}+fallback-cg"
+                info["backward"] = f"{backward_name}+fallback-cg"
                 q = run_cg(q0, cg_max_iter)
             elif verdict == "rescale":
-                info["backward"] = f"{method}+rescaled"
+                info["backward"] = f"{backward_name}+rescaled"
                 q = scale * q
 
+    # The value is measured at the inexact w: f(w) - f(w*) = v . (w - w*) + O(|w - w*|^2), and
+    # w - w* ~ H^{-1} grad r(w), so the first-order error is q . grad r(w) (with H^{-1} ~ gamma I
+    # for the Jacobian-free adjoint, which is no inverse).
+    adjoint = state.memory.gamma * v if method == "jacobian-free" else q
+    info["value_error"] = abs(dot(adjoint, state.grad))
     # The hypergradient has the size of log_alpha and lives on the host, like log_alpha.
     cross = np.asarray(to_numpy(inner.cross_vjp(w, la, q)), dtype=np.float64)
     grad = np.asarray(-cross).reshape(np.shape(log_alpha))
@@ -360,14 +374,18 @@ def stopping_measure(inner) -> Callable[[Any], float]:
 _RESCALE_BAND = (0.5, 2.0)
 
 
-def _check_adjoint(q, v, hessian, threshold: float, info: dict) -> tuple[str, float]:
+def _check_adjoint(
+    q, v, hessian, threshold: float, info: dict, measure: Callable[[Any], float] | None = None
+) -> tuple[str, float]:
     """The safeguard's verdict on ``q ~ H^{-1} v``: "keep", "rescale" or "fallback" (one HVP).
 
     Two scales of ``q`` are compared: ``beta_residual = v.Hq / Hq.Hq`` minimizes the residual
     ``||beta H q - v||`` (it weighs errors by ``H^2``, so high-curvature directions dominate) and
     ``beta_energy = q.v / q.Hq`` minimizes the error in the ``H`` norm (one CG step along
     ``q``; 1 for the exact adjoint). ``q`` is rescaled, by ``beta_energy``, only when both say
-    that its norm is off by more than the band, in the same direction.
+    that its norm is off by more than the band, in the same direction. The residual of the best
+    multiple is measured with ``measure`` (the inner problem's stopping measure, per block with
+    an intercept; Euclidean when None), like the inner gradient and CG's residual.
 
     Returns the verdict and the scale to apply.
     """
@@ -379,7 +397,8 @@ def _check_adjoint(q, v, hessian, threshold: float, info: dict) -> tuple[str, fl
         return "fallback", 1.0
     beta_residual = dot(v, hq) / hq_norm2
     beta_energy = dot(q, v) / curvature
-    residual = norm(beta_residual * hq - v) / max(norm(v), np.finfo(float).tiny)
+    measure = norm if measure is None else measure
+    residual = measure(beta_residual * hq - v) / max(measure(v), np.finfo(float).tiny)
     info["adjoint_scale"], info["adjoint_residual"] = beta_energy, residual
     info["adjoint_scale_residual"] = beta_residual
     if not (beta_residual > 0 and residual <= threshold):

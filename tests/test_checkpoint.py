@@ -59,6 +59,8 @@ def search(checkpoint=None, *, max_iter=N_ITER, kill_at=None, folds=None, **opti
                 os.kill(os.getpid(), signal.SIGKILL)
 
     options.setdefault("log_alpha0", 1.0)
+    # Eight full iterations: the secant search (the default) would stop on its bracket first.
+    options.setdefault("xtol", 0.0)
     return solve_bilevel(
         inners, outers, max_iter=max_iter, checkpoint=checkpoint, callback=callback, **options
     )
@@ -108,7 +110,14 @@ def reference():
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("method", "optimizer"),
-    [("shine-opa", "hoag"), ("cg", "hoag"), ("shine", "adam"), ("jacobian-free", "gd")],
+    [
+        ("shine-opa", "secant"),
+        ("cg", "secant"),
+        ("shine-opa", "hoag"),
+        ("cg", "hoag"),
+        ("shine", "adam"),
+        ("jacobian-free", "gd"),
+    ],
 )
 def test_resumed_search_follows_the_uninterrupted_path(tmp_path, method, optimizer):
     options = {"method": method, "optimizer": optimizer}

@@ -331,7 +331,10 @@ def test_estimator_with_only_constant_or_zero_features(kind):
     with outcome() as caught:
         est.fit(X, y)
     assert not caught
-    assert est.n_outer_iter_ <= 3 and est.stop_message_ == "step below xtol"
+    # The held-out loss does not depend on the penalty: the hypergradients are round-off and
+    # the losses all equal, so early stopping (n_iter_no_change=5) or a bracket ends the search.
+    assert est.n_outer_iter_ <= 1 + est.n_iter_no_change
+    assert est.stop_message_.startswith(("no relative decrease", "bracket", "step below xtol"))
     assert finite(est.best_score_, est.predict(X))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import all_finite, axpy, dot, eps, is_numpy, namespace, norm
+from .._array import all_finite, axpy, dot, eps, is_numpy, namespace, norm, solve_triangular
 from .linesearch import strong_wolfe
 
 __all__ = ["LBFGS", "LBFGSMemory", "LBFGSState"]
@@ -35,7 +35,22 @@ class LBFGSMemory:
     """Circular buffer of secant pairs ``(s, y)`` and the inverse-Hessian operator it defines.
 
     Pairs are stored in preallocated ``(size, n)`` arrays; :meth:`chronological` unrolls the
-    circular buffer from oldest to newest, which is the order the two-loop recursion needs.
+    circular buffer from oldest to newest, which is the order the BFGS recursion needs.
+
+    The product with the estimate uses the compact representation of the L-BFGS matrix (Byrd,
+    Nocedal and Schnabel, 1994), which is the two-loop recursion's matrix written with the
+    Gram matrices of the pairs: with ``S`` and ``Y`` the pairs as columns (oldest first),
+    ``R`` the upper triangle of ``S^T Y``, ``D`` its diagonal and ``H0 = gamma I``,
+
+        H = gamma I + [S, gamma Y] [[R^-T (D + gamma Y^T Y) R^-1, -R^-T], [-R^-1, 0]]
+            [S^T; gamma Y^T].
+
+    The pairs are stored interleaved, ``(s_0, y_0, s_1, y_1, ...)`` in one ``(2 size, n)`` array,
+    so that the stored ones are one contiguous block: a product reads them in two
+    matrix-vector products (``[S, Y]^T v``, then their combination) plus two ``m x m``
+    triangular solves, instead of ``4 m`` dot and axpy calls (whose many BLAS calls fight over
+    the threads of two BLAS libraries when numpy's and scipy's are not pinned); a push adds one
+    column of ``S^T Y`` and of ``Y^T Y`` (one more matrix-vector product).
 
     Parameters
     ----------
@@ -54,23 +69,40 @@ class LBFGSMemory:
         self.size = int(size)
         self.curvature_eps = float(curvature_eps)
         n = like.shape[0]
-        self._s = xp.zeros((self.size, n), dtype=like.dtype, device=_device(like))
-        self._y = xp.zeros((self.size, n), dtype=like.dtype, device=_device(like))
-        self._rho = [0.0] * self.size
+        options = {"dtype": like.dtype, "device": _device(like)}
+        self._pairs = xp.zeros((self.size, 2, n), **options)  # slot i: (s_i, y_i)
+        # Gram matrices of the stored pairs, by slot: sy[i, j] = s_i . y_j, yy[i, j] = y_i . y_j.
+        self._sy = xp.zeros((self.size, self.size), **options)
+        self._yy = xp.zeros((self.size, self.size), **options)
+        self._gamma = 1.0
+        self._pending = None  # products with the vector of a push_and_matvec
         self._next = 0  # slot written by the next push
         self.count = 0
         self.n_skipped = 0
 
     @property
+    def _s(self):
+        return self._pairs[:, 0, :]
+
+    @property
+    def _y(self):
+        return self._pairs[:, 1, :]
+
+    def _stored(self, used: int):
+        """The first ``used`` slots as a contiguous ``(2 used, n)`` block: rows s_0, y_0, ..."""
+        xp = namespace(self._pairs)
+        return xp.reshape(self._pairs[:used], (2 * used, self._pairs.shape[2]))
+
+    @property
     def shape(self) -> tuple[int, int]:
         """``(n, n)``: the shape of the inverse-Hessian estimate."""
-        n = self._s.shape[1]
+        n = self._pairs.shape[2]
         return (n, n)
 
     @property
     def dtype(self):
         """The dtype of the stored pairs."""
-        return self._s.dtype
+        return self._pairs.dtype
 
     def chronological(self) -> list[int]:
         """Slots of the stored pairs, oldest first."""
@@ -101,29 +133,71 @@ class LBFGSMemory:
         bool
             True when the pair was stored (the oldest one is dropped when the memory is full).
         """
+        return self._push(s, y) is not None
+
+    def push_and_matvec(self, s, y, v):
+        """:meth:`push` the pair, then return ``H v`` with the updated estimate.
+
+        The same results as the two calls, with one pass over the stored pairs fewer: the
+        products of the pairs with ``y`` (for the Gram matrices) and with ``v`` are one
+        matrix-matrix product. The L-BFGS iteration uses it for its next direction.
+
+        Parameters
+        ----------
+        s, y : array of shape (n,)
+            The pair, as in :meth:`push`.
+        v : array of shape (n,)
+            The vector to multiply (not modified).
+
+        Returns
+        -------
+        array of shape (n,)
+        """
+        slot = self._push(s, y, v)
+        if slot is None:
+            return self.matvec(v)
+        return self._apply(v, slot)
+
+    def _push(self, s, y, v=None):
+        """Store the pair when its curvature is safe and update the Gram matrices; return the
+        slot written (None when skipped). With ``v``, the products of the stored pairs with
+        ``v`` are computed in the same pass and kept for :meth:`_apply`."""
         sy = dot(s, y)
         if not (math.isfinite(sy) and sy > self.curvature_eps * norm(s) * norm(y)):
             self.n_skipped += 1
-            return False
-        self._s[self._next, ...] = s
-        self._y[self._next, ...] = y
-        self._rho[self._next] = 1.0 / sy
+            return None
+        slot = self._next
+        self._pairs[slot, 0, ...] = s
+        self._pairs[slot, 1, ...] = y
         self._next = (self._next + 1) % self.size
         self.count = min(self.count + 1, self.size)
-        return True
+        # The used slots are always a prefix: 0..count-1 before the buffer wraps, all after.
+        used = self.count
+        stored = self._stored(used)
+        if v is None:
+            products = stored @ y  # s_j . y and y_j . y for every stored j
+        else:
+            xp = namespace(self._pairs)
+            both = stored @ xp.stack([y, v], axis=1)
+            products, self._pending = both[:, 0], both[:, 1]
+        self._sy[:used, slot] = products[0::2]
+        self._yy[:used, slot] = products[1::2]
+        self._yy[slot, :used] = products[1::2]
+        self._gamma = sy / float(self._yy[slot, slot])
+        return slot
 
     def clear(self) -> None:
         """Forget every pair."""
         self._next = 0
         self.count = 0
+        self._gamma = 1.0
 
     def copy(self) -> LBFGSMemory:
         """An independent copy (used to warm-start a later solve)."""
         new = object.__new__(LBFGSMemory)
-        new.size, new.curvature_eps = self.size, self.curvature_eps
-        new._s, new._y = _clone(self._s), _clone(self._y)
-        new._rho = list(self._rho)
-        new._next, new.count, new.n_skipped = self._next, self.count, self.n_skipped
+        new.__dict__.update(self.__dict__)
+        for name in ("_pairs", "_sy", "_yy"):
+            setattr(new, name, _clone(getattr(self, name)))
         return new
 
     def shifted(self, diagonal) -> LBFGSMemory:
@@ -145,9 +219,9 @@ class LBFGSMemory:
         LBFGSMemory
             A new memory; this one is not modified.
         """
-        xp = namespace(self._s)
+        xp = namespace(self._pairs)
         new = LBFGSMemory(self.size, self._s[0], curvature_eps=self.curvature_eps)
-        d = xp.asarray(diagonal, dtype=self._s.dtype, device=_device(self._s))
+        d = xp.asarray(diagonal, dtype=self.dtype, device=_device(self._pairs))
         for i in self.chronological():
             new.push(self._s[i], self._y[i] + d * self._s[i])
         new.n_skipped += self.n_skipped
@@ -156,14 +230,10 @@ class LBFGSMemory:
     @property
     def gamma(self) -> float:
         """Initial scaling ``s^T y / y^T y`` of the newest pair (1 when empty)."""
-        if self.count == 0:
-            return 1.0
-        newest = (self._next - 1) % self.size
-        y = self._y[newest]
-        return 1.0 / (self._rho[newest] * dot(y, y))
+        return self._gamma if self.count else 1.0
 
     def matvec(self, v):
-        """Two-loop recursion: the product ``H v`` with the current inverse estimate.
+        """The product ``H v`` with the current inverse estimate (compact representation).
 
         Parameters
         ----------
@@ -174,19 +244,36 @@ class LBFGSMemory:
         -------
         array of shape (n,)
         """
-        order = self.chronological()
-        q = _clone(v)
-        coefs = []
-        for i in reversed(order):
-            a = self._rho[i] * dot(self._s[i], q)
-            coefs.append(a)
-            axpy(-a, self._y[i], q)
-        r = q
-        r *= self.gamma
-        for i, a in zip(order, reversed(coefs), strict=True):
-            b = self._rho[i] * dot(self._y[i], r)
-            axpy(a - b, self._s[i], r)
-        return r
+        if self.count == 0:
+            return _clone(v)
+        return self._apply(v)
+
+    def _apply(self, v, pending=None):
+        """``H v``; the products of the stored pairs with ``v`` come from :meth:`_push` when
+        ``pending`` is set (the slot it wrote), else they are computed here."""
+        gamma, used = self.gamma, self.count
+        xp = namespace(self._pairs)
+        stored = self._stored(used)
+        # Slot indices oldest first, and the chronological Gram matrices.
+        order = xp.asarray(self.chronological(), device=_device(self._pairs))
+        sy = xp.take(xp.take(self._sy[:used, :used], order, axis=0), order, axis=1)
+        yy = xp.take(xp.take(self._yy[:used, :used], order, axis=0), order, axis=1)
+        upper = xp.triu(sy)
+        if pending is None:
+            products = stored @ v  # s_j . v and y_j . v, by slot
+        else:
+            products, self._pending = self._pending, None
+        a = xp.take(products[0::2], order)  # S^T v
+        b = gamma * xp.take(products[1::2], order)  # gamma Y^T v
+        z = solve_triangular(upper, a)  # R^-1 S^T v
+        rhs = xp.linalg.diagonal(sy) * z + gamma * (yy @ z) - b
+        top = solve_triangular(upper, rhs, transpose=True)
+        # Coefficients of the stored rows, in slot order: (top_j, -gamma z_j) for (s_j, y_j).
+        coefficients = xp.zeros((used, 2), dtype=self.dtype, device=_device(self._pairs))
+        coefficients[order, 0] = top
+        coefficients[order, 1] = -gamma * z
+        result = xp.reshape(coefficients, (2 * used,)) @ stored
+        return axpy(gamma, v, result)
 
     # The estimate is symmetric.
     rmatvec = matvec
@@ -199,11 +286,9 @@ class LBFGSMemory:
         """The estimate as a :class:`scipy.sparse.linalg.LinearOperator` (numpy memory only)."""
         from scipy.sparse.linalg import LinearOperator
 
-        if not isinstance(self._s, np.ndarray):
+        if not isinstance(self._pairs, np.ndarray):
             raise TypeError("as_linear_operator needs numpy arrays; call matvec on tensors.")
-        return LinearOperator(
-            self.shape, matvec=self.matvec, rmatvec=self.matvec, dtype=self._s.dtype
-        )
+        return LinearOperator(self.shape, matvec=self.matvec, rmatvec=self.matvec, dtype=self.dtype)
 
 
 @dataclass
@@ -285,6 +370,11 @@ class LBFGS:
         ``grad -> float``: the norm of the stopping test (``tol`` is in its units), e.g. a
         problem's ``relative_gradient_norm``. It sees the gradient the iteration computed
         anyway. Default: the Euclidean norm.
+    step_tol : float, optional
+        Also require the quasi-Newton step ``H grad``, the solver's estimate of the distance to
+        the solution, to be at most ``step_tol * ||x||`` (the next direction, computed anyway
+        unless the solver stops). A gradient can be small far from the solution along
+        directions of small curvature (a tiny penalty); the step is not.
     """
 
     memory_size: int = 10
@@ -297,6 +387,7 @@ class LBFGS:
     c2: float = 0.9
     max_line_search: int = 25
     gradient_norm: Callable[[Any], float] | None = None
+    step_tol: float | None = None
 
     def run(
         self,
@@ -338,22 +429,30 @@ class LBFGS:
         converged = False
         n_iter = 0
         retried = False
+        h_grad = None  # H grad, when computed with the last push
 
         while True:
             measure = self._measure(grad)
             if not math.isfinite(measure):
                 message = "non-finite gradient"
                 break
-            if measure <= self.tol:
+            small_gradient = measure <= self.tol
+            if small_gradient and self.step_tol is None:
                 converged, message = True, "gradient norm below tolerance"
                 break
             if n_iter >= self.max_iter:
                 break
-            use_opa = opa_direction is not None and self.opa_freq
-            if use_opa and n_iter > 0 and n_iter % self.opa_freq == 0 and not retried:
+            if self._opa_due(opa_direction, n_iter) and not retried and not small_gradient:
                 n_opa += self._opa_update(value_and_grad, mem, x, grad, opa_direction, last_step)
+                h_grad = None
 
-            direction = -mem.matvec(grad)
+            direction = -(mem.matvec(grad) if h_grad is None else h_grad)
+            h_grad = None
+            if small_gradient and norm(direction) <= self.step_tol * norm(x):
+                # The quasi-Newton step, the estimate of the distance to the solution, is small
+                # too (a small gradient alone is not enough along low-curvature directions).
+                converged, message = True, "gradient norm and quasi-Newton step below tolerance"
+                break
             slope = dot(grad, direction)
             if not (math.isfinite(slope) and slope < 0):
                 mem.clear()
@@ -386,11 +485,19 @@ class LBFGS:
                 break
             retried = False
             x_new, grad_new = ls.payload
-            s = x_new - x
-            mem.push(s, grad_new - grad)
+            s, y = x_new - x, grad_new - grad
             last_step = norm(s)
             x, value, grad = x_new, ls.value, grad_new
             n_iter += 1
+            # The next direction's product in the same pass over the memory as the push, unless
+            # the loop stops or adds an OPA pair first.
+            stops = n_iter >= self.max_iter or (
+                self.step_tol is None and not self._measure(grad) > self.tol
+            )
+            if stops or self._opa_due(opa_direction, n_iter):
+                mem.push(s, y)
+            else:
+                h_grad = mem.push_and_matvec(s, y, grad)
 
         if converged and opa_direction is not None:
             for _ in range(self.opa_final):
@@ -406,6 +513,15 @@ class LBFGS:
             converged=converged,
             message=message,
             memory=mem,
+        )
+
+    def _opa_due(self, opa_direction, n_iter: int) -> bool:
+        """True when an OPA pair is added before the step of iteration ``n_iter``."""
+        return (
+            opa_direction is not None
+            and bool(self.opa_freq)
+            and n_iter > 0
+            and n_iter % self.opa_freq == 0
         )
 
     def _measure(self, grad) -> float:
