@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     )
     _add_data_arguments(tune)
     tune.add_argument("--method", default="all", choices=("all", *METHODS))
-    tune.add_argument("--optimizer", default="hoag", choices=OPTIMIZERS)
+    tune.add_argument("--optimizer", default="auto", choices=OPTIMIZERS)
     tune.add_argument(
         "--log-alpha0", type=float, default=0.0, help="starting log(1/C) (default 0: C=1)"
     )

@@ -73,9 +73,10 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
     "check_sample_weight_equivalence_on_sparse_data": _SAMPLE_WEIGHT_REASON,
 }
 
-#: Relative tolerance of the refit on all the data (see ``relative_gradient_norm`` of the
-#: problems).
-REFIT_TOL = 1e-8
+#: Bounds of the relative tolerance of the refit on all the data (see
+#: ``relative_gradient_norm`` of the problems): the search's last inner tolerance, the
+#: accuracy at which the penalty was chosen, within these.
+REFIT_TOL = (1e-8, 1e-5)
 
 _SUPPORTED = (
     "sklearn.linear_model.LogisticRegression (binary or multinomial, L2 penalty: l1_ratio=0, "
@@ -312,8 +313,9 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
     hypergradient : {"shine-opa", "shine", "shine-refine", "cg", "jacobian-free"}, \
             default="shine-opa"
         How the hypergradient is computed (see :func:`hoag_shine.hypergradient`).
-    outer : {"hoag", "gd", "adam"}, default="hoag"
-        Outer optimizer on ``log_alpha`` (see :func:`hoag_shine.solve_bilevel`).
+    outer : {"auto", "secant", "hoag", "gd", "adam"}, default="auto"
+        Outer optimizer on ``log_alpha`` (see :func:`hoag_shine.solve_bilevel`): ``"auto"``
+        is the secant search for a scalar penalty and HOAG for ``per_feature=True``.
     init : float or array-like of shape (n_features,), default=None
         Starting ``log_alpha`` (``alpha = exp(log_alpha)``, ``alpha = 1/C`` for the logistic
         model). By default, the wrapped estimator's own ``C`` or ``alpha``.
@@ -449,7 +451,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         *,
         cv=5,
         hypergradient="shine-opa",
-        outer="hoag",
+        outer="auto",
         init=None,
         bounds=(-25.0, 25.0),
         max_outer_iter=30,
@@ -750,9 +752,13 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
             classes=classes_or_none,
             backend=backend,
         )
+        # As accurate as the folds' last solves (more does not choose the penalty better).
+        last_tol = result.history[-1]["inner_tol"] if result.history else REFIT_TOL[0]
+        tol = float(np.clip(last_tol, *REFIT_TOL))
         solver = LBFGS(
             memory_size=10,
-            tol=REFIT_TOL,
+            tol=tol,
+            step_tol=tol,
             gradient_norm=stopping_measure(problem),
             max_iter=max(1000, spec.max_iter),
         )

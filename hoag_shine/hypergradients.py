@@ -168,7 +168,7 @@ def hypergradient(
     cg_max_iter: int = 1000,
     refine_iter: int = 5,
     safeguard: bool = True,
-    safeguard_threshold: float = 0.9,
+    safeguard_threshold: float = 0.5,
     emit_warnings: bool = True,
 ) -> HypergradientResult:
     """Solve the inner problem and return the hypergradient of the outer criterion.
@@ -316,10 +316,14 @@ def hypergradient(
         if method == "shine-refine":
             q = run_cg(q, refine_iter, warn=False)
         if safeguard:
-            verdict, scale = _check_adjoint(q, v, hessian, safeguard_threshold, info, measure)
+            verdict, scale, hq = _check_adjoint(
+                q, v, hessian, safeguard_threshold, info, measure
+            )
             if verdict == "fallback":
                 info["backward"] = f"{backward_name}+fallback-cg"
-                q = run_cg(q0, cg_max_iter)
+                h_start = None if hq is None else scale * hq
+                start_point = _better_start(hessian, v, q0, scale * q, h_start, measure)
+                q = run_cg(start_point, cg_max_iter)
             elif verdict == "rescale":
                 info["backward"] = f"{backward_name}+rescaled"
                 q = scale * q
@@ -370,13 +374,24 @@ def stopping_measure(inner) -> Callable[[Any], float]:
     return lambda g: norm(g) / scale
 
 
+def _better_start(hessian, v, q0, estimate, h_estimate, measure):
+    """The start of the fallback CG: the warm start ``q0`` or SHINE's estimate (at its energy
+    scale, CG's own first step along it; ``h_estimate`` is its product with the Hessian),
+    whichever has the smaller residual (one more product, for ``q0``)."""
+    if h_estimate is None or not all_finite(h_estimate):
+        return q0
+    if q0 is not None and measure(v - hessian(q0)) <= measure(v - h_estimate):
+        return q0
+    return estimate
+
+
 #: The safeguard rescales SHINE's adjoint when its minimal-residual scale is outside this band.
 _RESCALE_BAND = (0.5, 2.0)
 
 
 def _check_adjoint(
     q, v, hessian, threshold: float, info: dict, measure: Callable[[Any], float] | None = None
-) -> tuple[str, float]:
+) -> tuple[str, float, Any]:
     """The safeguard's verdict on ``q ~ H^{-1} v``: "keep", "rescale" or "fallback" (one HVP).
 
     Two scales of ``q`` are compared: ``beta_residual = v.Hq / Hq.Hq`` minimizes the residual
@@ -387,14 +402,14 @@ def _check_adjoint(
     multiple is measured with ``measure`` (the inner problem's stopping measure, per block with
     an intercept; Euclidean when None), like the inner gradient and CG's residual.
 
-    Returns the verdict and the scale to apply.
+    Returns the verdict, the scale to apply and ``H q`` (None when not computed).
     """
     if not all_finite(q) or dot(q, v) <= 0:
-        return "fallback", 1.0
+        return "fallback", 1.0, None
     hq = hessian(q)
     curvature, hq_norm2 = dot(q, hq), dot(hq, hq)
     if not (math.isfinite(curvature) and curvature > 0 and hq_norm2 > 0):
-        return "fallback", 1.0
+        return "fallback", 1.0, None
     beta_residual = dot(v, hq) / hq_norm2
     beta_energy = dot(q, v) / curvature
     measure = norm if measure is None else measure
@@ -402,11 +417,11 @@ def _check_adjoint(
     info["adjoint_scale"], info["adjoint_residual"] = beta_energy, residual
     info["adjoint_scale_residual"] = beta_residual
     if not (beta_residual > 0 and residual <= threshold):
-        return "fallback", beta_energy
+        return "fallback", beta_energy, hq
     low, high = _RESCALE_BAND
     if (beta_residual < low and beta_energy < low) or (beta_residual > high and beta_energy > high):
-        return "rescale", beta_energy
-    return "keep", beta_energy
+        return "rescale", beta_energy, hq
+    return "keep", beta_energy, hq
 
 
 def finite_difference_hypergradient(

@@ -255,8 +255,9 @@ class _Bracketing:
     is the lowest point; ``other`` (once known) the end of a bracket that holds a minimizer.
 
     - Expansion, before a bracket: step from the best point against the sign of its
-      hypergradient, the step doubling (or set by the secant of the last two slopes, one to
-      four steps on) while the loss keeps decreasing.
+      hypergradient, the step doubling (or set to 1.5 times the distance to the zero of the
+      last two slopes' secant, within one and four times the last move) while the loss keeps
+      decreasing.
     - A trial that raises the loss by more than the inner tolerances explain (both points'
       ``error``) closes the bracket ``[best, trial]``; one whose hypergradient points back
       toward the best point becomes the best point, the former one the other end.
@@ -315,7 +316,9 @@ class _Bracketing:
         if points_back:
             self.other = best
             return True
-        # Same side, lower: extrapolate the slopes' secant to their zero, 1 to 4 steps on.
+        # Same side, lower: step 1.5 times as far as the slopes' secant puts their zero (to
+        # cross it and close a bracket), between the last move and four times it. (Not less:
+        # a loss that decays to a flat tail, with no zero of its slope, would be crawled.)
         distance, g_a = abs(t - a), float(best.grad)
         if 0 < abs(g_t) < abs(g_a):
             to_zero = abs(g_t) * distance / (abs(g_a) - abs(g_t))
@@ -575,8 +578,16 @@ def solve_bilevel(
                 # The sign of the hypergradient decides the secant search, and its error is
                 # about proportional to the inner tolerance: as the search nears the minimizer,
                 # where the hypergradient vanishes, the tolerance shrinks with the best point's
-                # hypergradient, relative to the first one.
-                ratio = float(np.abs(state.best.grad)) / max(state.history[0]["grad_norm"], 1e-300)
+                # hypergradient, relative to the first one. Only down to the slope that a point
+                # xtol/2 from the minimizer has (the bracket's secant curvature times xtol/2):
+                # closer, a wrong sign moves the result by less than xtol.
+                scale = abs(float(state.best.grad))
+                other = state.optimizer.other
+                if other is not None:
+                    width = abs(float(other.log_alpha) - float(state.best.log_alpha))
+                    curvature = abs(float(other.grad) - float(state.best.grad)) / width
+                    scale = max(scale, 0.5 * curvature * xtol)
+                ratio = scale / max(state.history[0]["grad_norm"], 1e-300)
                 tol = min(tol, schedule.initial * ratio)
             tol = max(tol, schedule.floor)
             fold_options = {**options, "tol": tol}

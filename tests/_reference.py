@@ -226,3 +226,25 @@ def hypergradient_error_bound(inner, outer, res, log_alpha, cg_tol: float) -> fl
     # apply to the terms, ||C|| ||q||, not to the sum (also the round-off of a dense reference).
     terms = np.linalg.norm(cross_matrix(inner, w, log_alpha)) * np.linalg.norm(host(res.q))
     return float(10 * cond * (relative_distance + cg_tol + 10 * EPS) * terms)
+
+
+def refit_decision_error_bound(estimator, X, y) -> float:
+    """A bound of how far the decision values (logistic) or predictions (ridge) of a fitted
+    :class:`BilevelEstimator` can be from those of the exact solution at its penalty.
+
+    The refit stops at a relative tolerance, so its coefficients are within
+    ``||g|| / lambda_min`` of the optimum of the problem on all the data; a sample's decision
+    values move by at most ``||(x_i, 1)||`` times that. (Probabilities move by at most half of
+    it: the softmax, and the sigmoid, are 1/2-Lipschitz in the infinity norm.)
+    """
+    from hoag_shine.problems import LogisticRegressionProblem, RidgeProblem
+
+    model = estimator.best_estimator_
+    X = np.asarray(X, dtype=np.float64)
+    coef = np.atleast_2d(np.asarray(model.coef_, dtype=np.float64)).T  # (n_features, K)
+    w = np.concatenate([coef.ravel(), np.atleast_1d(model.intercept_)])
+    problem_class = RidgeProblem if hasattr(model, "alpha") else LogisticRegressionProblem
+    problem = problem_class(X, y, fit_intercept=True)
+    distance = solution_error_bound(problem, w, estimator.best_log_alpha_)
+    row_norm = float(np.sqrt(np.max(np.sum(X**2, axis=1)) + 1.0))
+    return row_norm * distance

@@ -73,6 +73,21 @@ def bound_warning_is_right(caught, log_alpha, grad, bounds=BOUNDS) -> bool:
     return warned == bool(beyond)
 
 
+def fit_recording_the_search(est, X, y, monkeypatch):
+    """Fit ``est`` recording the warnings (see :func:`outcome`) and the search's result, which
+    judges a bound warning (the estimator keeps only the best point)."""
+    results = []
+
+    def spy(*args, **kwargs):
+        results.append(solve_bilevel(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(estimator_module, "solve_bilevel", spy)
+    with outcome() as caught:
+        est.fit(X, y)
+    return caught, results[-1]
+
+
 def finite(*arrays) -> bool:
     return all(np.all(np.isfinite(np.asarray(a, dtype=np.float64))) for a in arrays)
 
@@ -334,7 +349,9 @@ def test_estimator_with_only_constant_or_zero_features(kind):
     # The held-out loss does not depend on the penalty: the hypergradients are round-off and
     # the losses all equal, so early stopping (n_iter_no_change=5) or a bracket ends the search.
     assert est.n_outer_iter_ <= 1 + est.n_iter_no_change
-    assert est.stop_message_.startswith(("no relative decrease", "bracket", "step below xtol"))
+    assert est.stop_message_.startswith(
+        ("no relative decrease", "bracket", "step below xtol", "zero hypergradient")
+    )
     assert finite(est.best_score_, est.predict(X))
 
 
@@ -432,14 +449,15 @@ def test_more_features_than_samples(wide, method, kind, per_feature, sparse):
 
 @pytest.mark.parametrize("per_feature", [False, True])
 @pytest.mark.parametrize("kind", KINDS)
-def test_estimator_with_more_features_than_samples(wide, kind, per_feature):
+def test_estimator_with_more_features_than_samples(wide, kind, per_feature, monkeypatch):
     X, _, y_reg, _ = wide
     y = y_reg > 0 if kind == "logistic" else y_reg
     model = LogisticRegression() if kind == "logistic" else Ridge()
     est = BilevelEstimator(model, cv=3, per_feature=per_feature, max_outer_iter=8, random_state=0)
-    with outcome() as caught:
-        est.fit(X, y)
-    assert categories(caught) <= {ConvergenceWarning}
+    caught, result = fit_recording_the_search(est, X, y, monkeypatch)
+    # A bound warning may come (a flat held-out loss), and must then be the right one.
+    assert categories(caught) <= {ConvergenceWarning, SearchBoundWarning}
+    assert bound_warning_is_right(caught, result.log_alpha, result.grad)
     assert finite(est.best_log_alpha_, est.best_score_, est.predict(X))
 
 
@@ -494,20 +512,11 @@ def test_estimator_from_extreme_wrapped_hyperparameters(model, start, per_featur
     kind = "logistic" if isinstance(model, LogisticRegression) else "ridge"
     X, y, _, _ = data_for(kind, n=90)
     est = BilevelEstimator(model, cv=3, per_feature=per_feature, max_outer_iter=6, random_state=0)
-    results = []
-
-    def spy(*args, **kwargs):  # the search's result, to judge the bound warning
-        results.append(solve_bilevel(*args, **kwargs))
-        return results[-1]
-
-    monkeypatch.setattr(estimator_module, "solve_bilevel", spy)
-    with outcome() as caught:
-        est.fit(X, y)
+    caught, result = fit_recording_the_search(est, X, y, monkeypatch)
     # At a bound's penalty the coefficients are ~0 (or the loss is flat) and the hypergradient
     # is tiny, so which side of the bound it points to is decided by round-off: a
     # SearchBoundWarning may come, and when it does it must be the right one.
     assert categories(caught) <= {ConvergenceWarning, SearchBoundWarning}
-    (result,) = results
     assert bound_warning_is_right(caught, result.log_alpha, result.grad)
     assert np.all(np.asarray(est.history_[0]["log_alpha"]) == start)
     assert finite(est.best_log_alpha_, est.best_score_, est.predict(X))
@@ -764,10 +773,10 @@ def test_hypergradient_with_balanced_classes_and_scaled_features(method, kind, s
     if method != "cg":
         # SHINE-OPA's adjoint is an estimate, not bounded a priori (its accuracy is measured on
         # breast_cancer in test_hypergradients.py); what the safeguard promises is a kept
-        # estimate whose best multiple has a residual of at most its threshold, 0.9.
+        # estimate whose best multiple has a residual of at most its threshold, 0.5.
         assert np.sign(res.grad) == np.sign(ref.grad)
         if "fallback" not in res.info["backward"]:
-            assert res.info["adjoint_residual"] <= 0.9
+            assert res.info["adjoint_residual"] <= 0.5
 
 
 def test_stopping_measure_is_the_same_in_the_torch_backend():
@@ -828,8 +837,13 @@ def _best_score_check(kind, scale, fit_intercept=True):
         )
     else:
         reference = Ridge(alpha=est.best_params_["alpha"] / scale**2, fit_intercept=fit_intercept)
-    # best_score_ is minus the cross-validated loss of best_params_.
-    np.testing.assert_allclose(-est.best_score_, _cv_loss(reference, X, y, folds), rtol=1e-3)
+    # best_score_ is minus the cross-validated loss of best_params_, as measured by the search:
+    # to that evaluation's first-order error (twice it, for the second order), and the
+    # reference's own accuracy (tight fits; 1e-6).
+    best = next(r for r in est.history_ if np.array_equal(r["log_alpha"], est.best_log_alpha_))
+    reference_loss = _cv_loss(reference, X, y, folds)
+    error = 2 * best["outer_loss_error"] + 1e-6 * reference_loss
+    assert abs(-est.best_score_ - reference_loss) <= error
 
 
 @pytest.mark.parametrize(

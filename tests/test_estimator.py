@@ -9,7 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from _reference import hypergradient_error_bound, solution_error_bound
+from _reference import (
+    hypergradient_error_bound,
+    refit_decision_error_bound,
+    solution_error_bound,
+)
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, load_digits, make_classification, make_regression
@@ -153,8 +157,18 @@ def test_sparse_input_matches_dense(base, binary_data, regression_data):
     X[np.abs(X) < 0.7] = 0.0
     dense = _fast(base).fit(X, y)
     sparse = _fast(base).fit(sp.csr_matrix(X), y)
-    assert_allclose(sparse.best_log_alpha_, dense.best_log_alpha_, rtol=1e-6, atol=1e-8)
-    assert_allclose(sparse.predict(sp.csr_matrix(X)), dense.predict(X), rtol=1e-5, atol=1e-6)
+    # The same objectives with other summation orders: the searches' decisions agree up to
+    # round-off, so both end in a last bracket of the secant search, at most xtol = 0.1 wide
+    # (the hypergradients themselves agree tightly: test_hypergradients.test_sparse_matches_
+    # dense). Each model is the exact solution at its own penalty to its refit's accuracy.
+    assert abs(sparse.best_log_alpha_ - dense.best_log_alpha_) <= 0.1
+    for est, data in ((dense, X), (sparse, sp.csr_matrix(X))):
+        tight = {"tol": 1e-10, "max_iter": 10_000} if isinstance(base, LogisticRegression) else {}
+        reference = clone(base).set_params(**est.best_params_, **tight).fit(X, y)
+        bound = refit_decision_error_bound(est, X, y)
+        predict = "decision_function" if isinstance(base, LogisticRegression) else "predict"
+        gap = np.abs(getattr(est, predict)(data) - getattr(reference, predict)(X))
+        assert np.max(gap) <= bound + 1e-6
 
 
 def test_feature_names_with_pandas(binary_data):
@@ -339,10 +353,15 @@ def test_multinomial_matches_grid_and_sklearn(digits_data):
     assert grid_C / 2 <= tuned_C <= 2 * grid_C
     assert cv_loss(tuned_C) <= 1.01 * cv_loss(grid_C)
 
-    # The refit installs the multinomial solution: same probabilities as scikit-learn's fit.
+    # The refit installs the multinomial solution: scikit-learn's probabilities at that C, to
+    # the accuracy of the refit (and the predictions wherever the top two are farther apart).
     reference = LogisticRegression(C=tuned_C, tol=1e-10, max_iter=5000).fit(X, y)
-    np.testing.assert_allclose(est.predict_proba(X), reference.predict_proba(X), atol=1e-5)
-    np.testing.assert_array_equal(est.predict(X), reference.predict(X))
+    bound = 0.5 * refit_decision_error_bound(est, X, y)
+    proba, expected = est.predict_proba(X), reference.predict_proba(X)
+    assert np.max(np.abs(proba - expected)) <= bound + 1e-7
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 2 * (bound + 1e-7)
+    np.testing.assert_array_equal(est.predict(X)[clear], reference.predict(X)[clear])
 
 
 def test_multinomial_per_feature(digits_data):
@@ -391,7 +410,8 @@ def test_best_estimator_is_the_sklearn_model(binary_data, regression_data):
         assert_array_equal(getattr(est, method)(X), getattr(best, method)(X))
     assert est.score(X, y) == best.score(X, y)
     reference = LogisticRegression(C=best.C, tol=1e-12, max_iter=10_000).fit(X, y)
-    assert_allclose(best.predict_proba(X), reference.predict_proba(X), atol=1e-6)
+    bound = 0.5 * refit_decision_error_bound(est, X, y)
+    assert np.max(np.abs(best.predict_proba(X) - reference.predict_proba(X))) <= bound + 1e-9
 
     X, y = regression_data
     est = _fast(Ridge()).fit(X, y)
@@ -400,7 +420,8 @@ def test_best_estimator_is_the_sklearn_model(binary_data, regression_data):
     assert best.alpha == pytest.approx(np.exp(est.best_log_alpha_))
     assert_array_equal(est.predict(X), best.predict(X))
     reference = Ridge(alpha=best.alpha).fit(X, y)
-    assert_allclose(best.predict(X), reference.predict(X), rtol=1e-6, atol=1e-6)
+    bound = refit_decision_error_bound(est, X, y)
+    assert np.max(np.abs(best.predict(X) - reference.predict(X))) <= bound + 1e-9
 
 
 def test_starting_point_init_and_bounds(binary_data):

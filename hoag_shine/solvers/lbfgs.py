@@ -178,8 +178,10 @@ class LBFGSMemory:
             products = stored @ y  # s_j . y and y_j . y for every stored j
         else:
             xp = namespace(self._pairs)
-            both = stored @ xp.stack([y, v], axis=1)
-            products, self._pending = both[:, 0], both[:, 1]
+            # (2, n) @ (n, 2 used): BLAS streams the stored pairs once for both vectors (the
+            # (2 used, n) @ (n, 2) form runs at half the speed).
+            both = xp.stack([y, v]) @ stored.T
+            products, self._pending = both[0], both[1]
         self._sy[:used, slot] = products[0::2]
         self._yy[:used, slot] = products[1::2]
         self._yy[slot, :used] = products[1::2]
