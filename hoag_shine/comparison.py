@@ -5,8 +5,12 @@ Each *competitor* tunes the C of an L2 logistic regression on one train / valida
 
 - ``estimator``: the default :class:`~hoag_shine.BilevelEstimator` (fit, refit included);
 - ``cg``, ``shine``, ``shine-opa``, ``shine-refine``, ``jacobian-free``: :func:`~hoag_shine.
-  solve_bilevel` with that hypergradient, a curve with one point per outer iteration (the test
-  loss of the inner solution at the current hyperparameter, as in the paper);
+  solve_bilevel` with that hypergradient (its default outer search), a curve with one point
+  per outer iteration: the test loss of the best point so far on the validation loss (the
+  point a user would take if the search stopped there, as grid and random search are credited
+  with their best-on-validation point), and a last point, after the search's final choice,
+  with its result; each point also records the evaluation's inner iterations, gradient
+  evaluations, Hessian-vector products and CG iterations;
 - ``lrcv``: ``LogisticRegressionCV`` with 30 values of C on the same validation split,
   ``tol=1e-6`` (with scikit-learn's default ``tol=1e-4`` the fits at large C stop early and its
   choice is poor on 20news; that run is ``lrcv-default``);
@@ -143,6 +147,10 @@ class _Curve:
         self.paused += time.perf_counter() - began
 
 
+#: Per-evaluation counts recorded with each point of a gradient method's curve.
+_COUNTS = ("inner_iter", "n_fun_evals", "n_opa_evals", "n_hvp", "cg_iter", "inner_tol")
+
+
 def _run_gradient(method, data, window, max_iter):
     from .criteria import HeldOutLogLoss
     from .outer import solve_bilevel
@@ -154,11 +162,19 @@ def _run_gradient(method, data, window, max_iter):
         HeldOutLogLoss(data["X_val"], data["y_val"], classes=inner.classes_)
     )
     test = HeldOutLogLoss(data["X_test"], data["y_test"], classes=inner.classes_)
+    best = {"val_loss": math.inf, "C": None, "coef": None}
 
     def callback(record):
-        coef = validation.last_coef
-        C = math.exp(-float(np.asarray(record["log_alpha"])))
-        curve.add(C, record["outer_loss"], lambda: test.value(coef))
+        # Credited with the best point so far on the validation loss, not the last trial.
+        if record["outer_loss"] < best["val_loss"]:
+            best.update(
+                val_loss=record["outer_loss"],
+                C=math.exp(-float(np.asarray(record["log_alpha"]))),
+                coef=validation.last_coef,
+            )
+        coef = best["coef"]
+        curve.add(best["C"], best["val_loss"], lambda: test.value(coef))
+        curve.points[-1].update({key: record[key] for key in _COUNTS})
 
     result = solve_bilevel(
         inner,
@@ -169,12 +185,17 @@ def _run_gradient(method, data, window, max_iter):
         time_budget=window,
         callback=callback,
     )
+    # The search's own choice (after its final re-evaluations), at the time it is returned.
     C = math.exp(-float(np.asarray(result.log_alpha)))
+    test_loss = float(test.value(result.coef[0]))
+    curve.add(C, result.value, lambda: test_loss)
     return curve, {
         "C": C,
-        "test_loss": float(test.value(result.coef[0])),
+        "test_loss": test_loss,
         "n_iter": result.n_iter,
         "message": result.message,
+        "inner_iter": int(sum(r["inner_iter"] for r in result.history)),
+        "median_inner_iter": float(np.median([r["inner_iter"] for r in result.history])),
     }
 
 
@@ -462,36 +483,45 @@ def _reference_losses(runs) -> dict[int, float]:
     return best
 
 
-def summarize(runs: Sequence[dict[str, Any]], suboptimality: float = 1e-3) -> dict[str, Any]:
+def summarize(runs: Sequence[dict[str, Any]], suboptimality: float = 0.01) -> dict[str, Any]:
     """Medians over seeds and the tracked ratios.
 
     Parameters
     ----------
     runs : sequence of dict
         Outputs of :func:`run_one`.
-    suboptimality : float, default=1e-3
-        Threshold of the time-to-reach figures: test loss minus the reference of that seed, the
-        lowest test loss reached by a competitor whose models are fitted on the training part
-        only (all but ``estimator`` and the ``lrcv`` runs, which refit on more data).
+    suboptimality : float, default=0.01
+        Threshold of the time-to-reach figures, relative: a test loss at most
+        ``(1 + suboptimality)`` times the reference of that seed, the lowest test loss that a
+        competitor whose models are fitted on the training part only was credited with (all but
+        ``estimator`` and the ``lrcv`` runs, which refit on more data).
 
     Returns
     -------
     dict
-        ``per_competitor``: median final test loss, time, C, and median time to reach the
-        suboptimality; ``ratios``: ``estimator_time_over_lrcv``, ``estimator_loss_over_lrcv``,
-        ``shine_opa_over_cg_time_to_reach`` (medians of per-seed ratios, when both ran; a seed
-        on which neither reaches the threshold is left out, one on which only SHINE-OPA does
-        counts as 0).
+        ``per_competitor``: median final test loss, time, C, median time to reach the
+        suboptimality, how many seeds reach it and end within it, how many end worse than
+        the best point they were credited with (by more than 0.1%), and for the gradient
+        methods the median inner iterations per outer iteration; ``ratios``:
+        ``estimator_time_over_lrcv`` and ``_lrcv_default``, ``estimator_loss_over_lrcv`` and
+        ``_lrcv_default``, ``shine_opa_over_cg_time_to_reach`` (medians of per-seed ratios,
+        when both ran; a seed on which neither reaches the threshold is left out, one on which
+        only SHINE-OPA does counts as 0).
     """
     done = [run for run in runs if run["skipped"] is None]
     best = _reference_losses(done)
     per = {}
     for run in done:
-        threshold = best[run["seed"]] + suboptimality
-        entry = per.setdefault(run["competitor"], {"seeds": [], "final": [], "reach": []})
+        threshold = best[run["seed"]] * (1 + suboptimality)
+        entry = per.setdefault(
+            run["competitor"], {"seeds": [], "final": [], "reach": [], "ends": [], "worse": []}
+        )
         entry["seeds"].append(run["seed"])
         entry["final"].append(run["final"])
         entry["reach"].append(_time_to_reach(run["curve"], threshold))
+        entry["ends"].append(run["final"]["test_loss"] <= threshold)
+        lowest = min(point["test_loss"] for point in run["curve"])
+        entry["worse"].append(run["final"]["test_loss"] > lowest * 1.001)
     per_competitor = {}
     for name, entry in per.items():
         finals = entry["final"]
@@ -502,21 +532,33 @@ def summarize(runs: Sequence[dict[str, Any]], suboptimality: float = 1e-3) -> di
             "median_C": float(np.median([f["C"] for f in finals])),
             "median_time_to_reach": float(np.median(entry["reach"])),
             "n_reached": int(np.sum(np.isfinite(entry["reach"]))),
+            "n_ends_within": int(np.sum(entry["ends"])),
+            "n_ends_worse_than_its_best": int(np.sum(entry["worse"])),
         }
+        if "median_inner_iter" in finals[0]:
+            per_competitor[name]["median_inner_iter_per_outer"] = float(
+                np.median([f["median_inner_iter"] for f in finals])
+            )
 
     def per_seed(name):
         return {run["seed"]: run for run in done if run["competitor"] == name}
 
     ratios = {}
-    estimator, lrcv = per_seed("estimator"), per_seed("lrcv")
-    common = sorted(set(estimator) & set(lrcv))
-    if common:
-        ratios["estimator_time_over_lrcv"] = float(
-            np.median([estimator[s]["final"]["time"] / lrcv[s]["final"]["time"] for s in common])
+    estimator = per_seed("estimator")
+    for reference, suffix in (("lrcv", "lrcv"), ("lrcv-default", "lrcv_default")):
+        other = per_seed(reference)
+        common = sorted(set(estimator) & set(other))
+        if not common:
+            continue
+        ratios[f"estimator_time_over_{suffix}"] = float(
+            np.median([estimator[s]["final"]["time"] / other[s]["final"]["time"] for s in common])
         )
-        ratios["estimator_loss_over_lrcv"] = float(
+        ratios[f"estimator_loss_over_{suffix}"] = float(
             np.median(
-                [estimator[s]["final"]["test_loss"] / lrcv[s]["final"]["test_loss"] for s in common]
+                [
+                    estimator[s]["final"]["test_loss"] / other[s]["final"]["test_loss"]
+                    for s in common
+                ]
             )
         )
     opa, cg = per_seed("shine-opa"), per_seed("cg")
@@ -524,7 +566,7 @@ def summarize(runs: Sequence[dict[str, Any]], suboptimality: float = 1e-3) -> di
     if common:
         values = []
         for s in common:
-            threshold = best[s] + suboptimality
+            threshold = best[s] * (1 + suboptimality)
             reach_opa = _time_to_reach(opa[s]["curve"], threshold)
             reach_cg = _time_to_reach(cg[s]["curve"], threshold)
             if math.isfinite(reach_cg):
@@ -680,18 +722,21 @@ def format_summary(result: dict[str, Any]) -> str:
     summary = result["summary"]
     lines = [
         f"{'competitor':<14} {'seeds':>5} {'test loss':>10} {'time (s)':>9} {'C':>10} "
-        f"{'reach (s)':>10}",
+        f"{'reach (s)':>10} {'reached':>7} {'ends in':>7} {'worse':>5} {'inner/outer':>11}",
     ]
     lines.append("-" * len(lines[0]))
     for name, entry in summary["per_competitor"].items():
+        inner = entry.get("median_inner_iter_per_outer")
         lines.append(
             f"{name:<14} {entry['n_seeds']:>5d} {entry['median_test_loss']:>10.5f} "
             f"{entry['median_time']:>9.2f} {entry['median_C']:>10.4g} "
-            f"{entry['median_time_to_reach']:>10.2f}"
+            f"{entry['median_time_to_reach']:>10.2f} {entry['n_reached']:>7d} "
+            f"{entry.get('n_ends_within', 0):>7d} {entry.get('n_ends_worse_than_its_best', 0):>5d} "
+            f"{'' if inner is None else f'{inner:.0f}':>11}"
         )
     lines.append(
-        f"(medians over seeds; reach: time to a test loss within {summary['suboptimality']:g} "
-        "of the lowest test loss of the train-only competitors on that seed)"
+        f"(medians over seeds; reach: time to a test loss within {summary['suboptimality']:.0%} "
+        "of the lowest test loss credited to the train-only competitors on that seed)"
     )
     for key, value in summary["ratios"].items():
         lines.append(f"{key}: {value:.4g}")

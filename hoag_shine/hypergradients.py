@@ -316,9 +316,7 @@ def hypergradient(
         if method == "shine-refine":
             q = run_cg(q, refine_iter, warn=False)
         if safeguard:
-            verdict, scale, hq = _check_adjoint(
-                q, v, hessian, safeguard_threshold, info, measure
-            )
+            verdict, scale, hq = _check_adjoint(q, v, hessian, safeguard_threshold, info, measure)
             if verdict == "fallback":
                 info["backward"] = f"{backward_name}+fallback-cg"
                 h_start = None if hq is None else scale * hq

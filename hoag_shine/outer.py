@@ -588,7 +588,9 @@ def solve_bilevel(
                     curvature = abs(float(other.grad) - float(state.best.grad)) / width
                     scale = max(scale, 0.5 * curvature * xtol)
                 ratio = scale / max(state.history[0]["grad_norm"], 1e-300)
-                tol = min(tol, schedule.initial * ratio)
+                # (at most 1000 times tighter than the schedule's start: a hypergradient that
+                # vanishes on a flat loss does not call for round-off-level solves)
+                tol = min(tol, schedule.initial * max(ratio, 1e-3))
             tol = max(tol, schedule.floor)
             fold_options = {**options, "tol": tol}
             warm = [dict(fold_warm) for fold_warm in state.warm]

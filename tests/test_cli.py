@@ -1,5 +1,6 @@
 """The ``hoag-shine`` command line and the comparison it runs, on small problems."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -96,7 +97,12 @@ def test_bench_writes_json_and_plot(tmp_path, capsys):
     assert (tmp_path / "small.png").stat().st_size > 1000
     assert {run["competitor"] for run in result["runs"]} == {"estimator", "cg", "lrcv", "grid"}
     by_name = {run["competitor"]: run for run in result["runs"]}
-    assert len(by_name["cg"]["curve"]) == 5  # one point per outer iteration
+    # one point per outer iteration (at most 5; the secant search may stop earlier), then the
+    # search's result after its final choice, each credited with the best point on validation
+    cg_curve = by_name["cg"]["curve"]
+    assert 2 <= len(cg_curve) <= 6
+    assert all(p["val_loss"] >= q["val_loss"] for p, q in itertools.pairwise(cg_curve[:-1]))
+    assert {"inner_iter", "n_fun_evals", "n_hvp", "cg_iter"} <= set(cg_curve[0])
     assert len(by_name["grid"]["curve"]) == 5  # one point per candidate C
     times = [point["time"] for point in by_name["cg"]["curve"]]
     assert times == sorted(times)
@@ -125,7 +131,7 @@ def test_summary_times_to_reach_and_ratios():
         _run("cg", 1, [(1.0, 0.3)]),
         _run("shine-opa", 1, [(1.0, 0.3)]),
     ]
-    summary = summarize(runs, suboptimality=1e-3)
+    summary = summarize(runs, suboptimality=0.005)  # relative: 0.201 on seed 0
     per = summary["per_competitor"]
     assert per["cg"]["n_reached"] == 1  # seed 0 only
     assert per["cg"]["median_time_to_reach"] == np.inf  # median of 2.0 and inf

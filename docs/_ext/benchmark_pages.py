@@ -293,9 +293,9 @@ def _hpo_tables(result) -> list[str]:
     lines = [
         f"Dataset ``{settings.get('dataset')}``, seeds {settings.get('seeds')}, window "
         f"{settings.get('window')} s, at most {settings.get('max_iter')} outer iterations or "
-        "candidates. Medians over seeds; *time to reach*: first time the test loss is within "
-        f"{summary.get('suboptimality')} of the lowest test loss any competitor reached on that "
-        "seed (*Reached*: on how many seeds).",
+        "candidates. Medians over seeds; *time to reach*: first time the test loss credited to "
+        f"the competitor is within {summary.get('suboptimality', 0.01):.0%} of the lowest test "
+        "loss credited to a train-only competitor on that seed (*Reached*: on how many seeds).",
         "",
     ]
     lines += _table("Per competitor", header, rows)
