@@ -141,14 +141,35 @@ def _check_compatible(inner, outer) -> None:
             )
 
 
-def default_solver(method: str) -> LBFGS:
+#: Bytes the default OPA memory may take (its pairs are read twice per iteration and copied
+#: at each warm start; see ``docs/decisions.rst``).
+_OPA_MEMORY_BYTES = 32 * 2**20
+
+
+def default_solver(method: str, n_params: int | None = None) -> LBFGS:
     """The inner L-BFGS used by :func:`hypergradient` for ``method`` when none is given.
 
     OPA gets a larger memory (its extra pairs would otherwise push out the solver's own) and an
-    extra pair every 3 iterations plus two at the solution.
+    extra pair every 3 iterations plus two at the solution: 30 pairs, or as many as fit in
+    32 MiB for ``n_params`` coefficients (at least 10; 16 on 20news), since on large problems
+    each iteration reads the memory twice.
+
+    Parameters
+    ----------
+    method : str
+        Hypergradient method.
+    n_params : int, optional
+        Number of coefficients of the inner problem.
+
+    Returns
+    -------
+    LBFGS
     """
     if method == "shine-opa":
-        return LBFGS(memory_size=30, opa_freq=3, opa_final=2)
+        size = 30
+        if n_params is not None:
+            size = max(10, min(size, _OPA_MEMORY_BYTES // (16 * int(n_params))))
+        return LBFGS(memory_size=size, opa_freq=3, opa_final=2)
     return LBFGS(memory_size=10)
 
 
@@ -240,7 +261,9 @@ def hypergradient(
     la = inner.check_log_alpha(log_alpha)
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a positive number, got {tol!r}.")
-    base = solver if solver is not None else default_solver(method)
+    base = (
+        solver if solver is not None else default_solver(method, getattr(inner, "n_params", None))
+    )
     measure = stopping_measure(inner)
     solver = replace(
         base,
@@ -256,8 +279,10 @@ def hypergradient(
     if q0 is not None:
         q0 = as_like(q0, zero)
 
+    owned = False  # a memory of our own, that the solver may update in place
     if memory is not None and memory_log_alpha is not None and hasattr(inner, "penalty_weights"):
         memory = memory.shifted(inner.penalty_weights(la) - inner.penalty_weights(memory_log_alpha))
+        owned = True
 
     start = time.perf_counter()
     state = solver.run(
@@ -265,6 +290,7 @@ def hypergradient(
         coef0,
         memory=memory,
         opa_direction=outer.grad if method == "shine-opa" else None,
+        take_memory=owned,
     )
     notes: list[tuple[type[Warning], str]] = []
     if not state.converged:

@@ -689,6 +689,8 @@ def test_inner_max_iter_warns(cancer, method):
         res = hypergradient(inner, outer, 0.0, method=method, solver=LBFGS(max_iter=2))
     assert not res.info["inner_converged"]
     assert res.info["inner_iter"] == 2
+    # Without convergence the solver adds no final OPA pairs: the estimate says so.
+    assert ("no-final-opa" in res.info["backward"]) == (method == "shine-opa")
     assert np.isfinite(res.value) and np.all(np.isfinite(res.grad))
     assert np.all(np.isfinite(res.coef))
 

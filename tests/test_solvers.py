@@ -910,3 +910,20 @@ def test_cg_iterates_match_scipy(spd_system, n_iter):
     lambda_min = np.linalg.eigvalsh(a)[0]
     assert np.linalg.norm(ours.x - theirs) <= 2 * rtol * np.linalg.norm(b) / lambda_min
     assert np.linalg.norm(ours.x - x_star) <= rtol * np.linalg.norm(b) / lambda_min
+
+
+def test_memory_resized_keeps_the_newest_pairs_and_the_solver_its_size():
+    rng = np.random.default_rng(24)
+    s_all, y_all = _random_pairs(rng, 6, 5)
+    memory = LBFGSMemory(6, np.zeros(5))
+    for s, y in zip(s_all, y_all, strict=True):
+        memory.push(s, y)
+    small = memory.resized(3)
+    assert small.size == 3 and small.count == 3
+    np.testing.assert_array_equal(small.pairs()[0], s_all[3:])
+    assert relative(dense(small, 5), dense_bfgs_inverse(s_all[3:], y_all[3:])) < 1e-12
+    assert memory.count == 6  # not modified
+    # A solver given a larger memory keeps its own size (the newest pairs).
+    a, b = spd_matrix(rng, 5, 10.0), rng.standard_normal(5)
+    state = LBFGS(memory_size=3, tol=1e-8).run(quadratic(a, b), np.zeros(5), memory=memory)
+    assert state.memory.size == 3

@@ -202,6 +202,26 @@ class LBFGSMemory:
             setattr(new, name, _clone(getattr(self, name)))
         return new
 
+    def resized(self, size: int) -> LBFGSMemory:
+        """A copy that holds at most ``size`` pairs: the newest ones, in their order.
+
+        Parameters
+        ----------
+        size : int
+            The size of the new memory.
+
+        Returns
+        -------
+        LBFGSMemory
+        """
+        if size == self.size:
+            return self.copy()
+        new = LBFGSMemory(size, self._s[0], curvature_eps=self.curvature_eps)
+        for i in self.chronological()[-size:]:
+            new.push(self._s[i], self._y[i])
+        new.n_skipped += self.n_skipped
+        return new
+
     def shifted(self, diagonal) -> LBFGSMemory:
         """A copy whose pairs belong to the Hessian plus ``diag(diagonal)``.
 
@@ -222,11 +242,30 @@ class LBFGSMemory:
             A new memory; this one is not modified.
         """
         xp = namespace(self._pairs)
-        new = LBFGSMemory(self.size, self._s[0], curvature_eps=self.curvature_eps)
         d = xp.asarray(diagonal, dtype=self.dtype, device=_device(self._pairs))
-        for i in self.chronological():
-            new.push(self._s[i], self._y[i] + d * self._s[i])
-        new.n_skipped += self.n_skipped
+        new = self.copy()
+        used = self.count
+        for i in range(used):  # row by row: no temporary of the memory's size
+            new._pairs[i, 1, ...] += d * new._pairs[i, 0, ...]
+        # The Gram matrices of the shifted pairs in one pass (one matrix-matrix product).
+        stored = new._stored(used)
+        gram = stored @ stored.T
+        new._sy[:used, :used] = gram[0::2, 1::2]
+        new._yy[:used, :used] = gram[1::2, 1::2]
+        sy = xp.linalg.diagonal(new._sy[:used, :used])
+        norms = xp.sqrt(
+            xp.linalg.diagonal(gram[0::2, 0::2]) * xp.linalg.diagonal(new._yy[:used, :used])
+        )
+        if used and not bool(xp.all(sy > self.curvature_eps * norms)):
+            # A pair lost its safe curvature: rebuild from the pairs that keep it, in order.
+            rebuilt = LBFGSMemory(self.size, self._s[0], curvature_eps=self.curvature_eps)
+            for i in new.chronological():
+                rebuilt.push(new._s[i], new._y[i])
+            rebuilt.n_skipped += self.n_skipped
+            return rebuilt
+        if used:
+            newest = (new._next - 1) % new.size
+            new._gamma = float(new._sy[newest, newest]) / float(new._yy[newest, newest])
         return new
 
     @property
@@ -398,6 +437,7 @@ class LBFGS:
         *,
         memory: LBFGSMemory | None = None,
         opa_direction: Callable[[Any], Any] | None = None,
+        take_memory: bool = False,
     ) -> LBFGSState:
         """Minimize from ``x0``.
 
@@ -408,9 +448,13 @@ class LBFGS:
         x0 : array
             Starting point (not modified).
         memory : LBFGSMemory, optional
-            Pairs from an earlier solve to start from (copied, not modified).
+            Pairs from an earlier solve to start from (copied, not modified; the newest
+            ``memory_size`` of them when it holds more).
         opa_direction : callable, optional
             ``x -> v``: the direction in which OPA makes the inverse accurate.
+        take_memory : bool
+            Update ``memory`` in place instead of a copy (the caller hands it over and will not
+            use it again; a copy of a large memory costs more than an iteration).
 
         Returns
         -------
@@ -418,7 +462,10 @@ class LBFGS:
         """
         x = _clone(x0)
         if memory is not None and memory.shape[0] == x.shape[0]:
-            mem = memory.copy()
+            if take_memory and memory.size == self.memory_size:
+                mem = memory
+            else:
+                mem = memory.resized(self.memory_size)  # a copy, of this solver's size
         else:
             mem = LBFGSMemory(self.memory_size, x, curvature_eps=self.curvature_eps)
         value, grad = _evaluate(value_and_grad, x)
