@@ -832,6 +832,15 @@ def test_path_prediction_interpolates_the_nearest_points():
     coefs, _ = _predicted_start(path, -10.0)  # far beyond: extrapolation capped at one step
     np.testing.assert_allclose(coefs[0], [-1.0, -2.0])
     assert _predicted_start(path[:1], 0.5) is None
+    # Two close points on one side and a far one on the other: interpolate between the nearest
+    # and the far one rather than extrapolate the close pair's difference.
+    path = [
+        (np.array(0.0), [np.array([0.0])], [np.array([0.0])]),
+        (np.array(0.1), [np.array([1.0])], [np.array([1.0])]),
+        (np.array(1.0), [np.array([2.0])], [np.array([2.0])]),
+    ]
+    coefs, _ = _predicted_start(path, 0.3)  # nearest 0.1; 0.3 lies between 0.1 and 1.0
+    np.testing.assert_allclose(coefs[0], [1.0 + (0.2 / 0.9) * 1.0])
 
 
 def test_worse_than_uses_both_errors():
@@ -843,3 +852,24 @@ def test_worse_than_uses_both_errors():
     b.error = 0.005
     assert b.worse_than(a)  # beyond 0.025
     assert not b.worse_than(a, slack=0.01)
+
+
+def test_secant_zoom_crosses_the_zero_after_a_slow_step():
+    """Regula falsi keeps one end: after a step that did not halve the bracket, the zoom steps
+    twice as far from the best point as the slopes' secant puts the zero (so the trial lands
+    beyond the zero and moves the other end), still inside the middle 80% of the bracket."""
+    from hoag_shine.outer import _Bracketing, _Evaluation
+
+    def point(x, slope):
+        return _Evaluation(np.array(x), 0.0, np.array(slope), [], 1e-3)
+
+    search = _Bracketing(step=1.0, low=-25.0, high=25.0, xtol=0.1)
+    best, search.other = point(-5.0, 4e-3), point(-9.0, -2.8e-2)
+    first = float(search.propose(best))  # first zoom step: the plain secant
+    assert first == pytest.approx(-5.0 - 4e-3 * (-4.0) / (-2.8e-2 - 4e-3))
+    best = point(first, 1.5e-3)  # it kept the far end: the bracket did not halve
+    secant = first - 1.5e-3 * (-9.0 - first) / (-2.8e-2 - 1.5e-3)
+    assert float(search.propose(best)) == pytest.approx(first + 2.0 * (secant - first))
+    # A step that halved the bracket is followed by the plain secant again.
+    best, search.other = point(-5.7, 1e-3), point(-5.9, -3e-3)
+    assert float(search.propose(best)) == pytest.approx(-5.75)

@@ -598,7 +598,10 @@ def test_float32(method):
     assert rel(res_np.grad, res_t.grad) < 1e-2
     assert res_t.value == pytest.approx(res_np.value, rel=1e-4)
     path = solve_bilevel(inner_t, outer_t, la, method=method, max_iter=5)
-    assert path.n_iter == 5
+    # A search in float32 stays in float32 and ends (at most max_iter evaluations; the secant
+    # search may close its bracket before) on a finite loss.
+    assert 1 < path.n_iter <= 5
+    assert path.coef[0].dtype == torch.float32
     assert np.isfinite(path.value)
 
 
