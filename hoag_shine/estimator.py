@@ -73,10 +73,12 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
     "check_sample_weight_equivalence_on_sparse_data": _SAMPLE_WEIGHT_REASON,
 }
 
-#: Bounds of the relative tolerance of the refit on all the data (see
-#: ``relative_gradient_norm`` of the problems): the search's last inner tolerance, the
-#: accuracy at which the penalty was chosen, within these.
-REFIT_TOL = (1e-8, 1e-5)
+#: Relative tolerance of the refit on all the data (see ``relative_gradient_norm`` of the
+#: problems), or the first inner tolerance of the search when the user set a tighter one. On
+#: 20news it changes the test loss by 0.03% against a refit at 1e-8, in 221 iterations instead
+#: of 788, and is as accurate as scikit-learn's ``LogisticRegression(tol=1e-6)`` (6e-5 in this
+#: measure; its default ``tol=1e-4`` stops at 6e-3). See ``docs/decisions.rst``.
+REFIT_TOL = 1e-4
 
 _SUPPORTED = (
     "sklearn.linear_model.LogisticRegression (binary or multinomial, L2 penalty: l1_ratio=0, "
@@ -354,7 +356,10 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         True, the search stops.
     refit : bool, default=True
         Refit the wrapped estimator on all the data at the best hyperparameter
-        (``best_estimator_``) and enable ``predict`` and the other delegated methods.
+        (``best_estimator_``) and enable ``predict`` and the other delegated methods. The
+        refit stops at a relative gradient norm of 1e-4 (each block relative to its scale at
+        zero, as the inner solves), or at ``tol`` when that is smaller: as accurate as
+        ``LogisticRegression(tol=1e-6)`` on 20news.
     backend : {"numpy", "torch"}, default="numpy"
         Array backend of the inner problems and criteria (see :mod:`hoag_shine.backends`):
         numpy/scipy, or torch (dense or sparse CSR tensors on ``device``; needs PyTorch). The
@@ -752,9 +757,9 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
             classes=classes_or_none,
             backend=backend,
         )
-        # As accurate as the folds' last solves (more does not choose the penalty better).
-        last_tol = result.history[-1]["inner_tol"] if result.history else REFIT_TOL[0]
-        tol = float(np.clip(last_tol, *REFIT_TOL))
+        # The refit settles the predictions; the search's last solves were tighter only to
+        # tell the sign of a vanishing hypergradient.
+        tol = min(REFIT_TOL, self._schedule().initial)
         solver = LBFGS(
             memory_size=10,
             tol=tol,
