@@ -262,9 +262,10 @@ class _Bracketing:
       ``error``) closes the bracket ``[best, trial]``; one whose hypergradient points back
       toward the best point becomes the best point, the former one the other end.
     - Zoom: the zero of the slopes' secant between the ends when their signs differ (twice as
-      far from the best point after a step that did not halve the bracket), else the
-      midpoint, kept in the middle 80% of the bracket; the trial replaces the end that keeps a
-      minimizer inside. The search stops when the bracket is narrower than ``xtol``.
+      far from the best point after a step that did not halve the bracket), else, or after two
+      such steps in a row, the midpoint; kept in the middle 80% of the bracket. The trial
+      replaces the end that keeps a minimizer inside. The search stops when the bracket is
+      narrower than ``xtol``.
 
     Every trial lies inside the bracket or one step beyond the best point, so the search
     cannot wander away from what it found.
@@ -277,7 +278,7 @@ class _Bracketing:
     other: _Evaluation | None = None
     message: str = ""
     last_width: float = math.inf
-    slow: bool = False  # the last zoom step did not halve the bracket
+    slow_steps: int = 0  # zoom steps in a row that did not halve the bracket
 
     def propose(self, best: _Evaluation) -> np.ndarray | None:
         a, g_a = float(best.log_alpha), float(best.grad)
@@ -289,12 +290,14 @@ class _Bracketing:
                 return None
             # Secant steps can shrink a bracket from one side only (regula falsi): after a
             # step that did not halve it, step twice as far from the best point, to cross the
-            # zero and move the other end. (Bisecting instead cost two evaluations far from the
-            # minimizer on 20news, when the first zoom step had landed next to it.)
-            self.slow, self.last_width = width > 0.5 * self.last_width, width
-            if g_a * g_b < 0:
+            # zero and move the other end (bisecting there cost two evaluations far from the
+            # minimizer on 20news, when the first zoom step had landed next to it); after two
+            # such steps in a row, bisect (a wrong slope can make every secant step slow).
+            slow = width > 0.5 * self.last_width
+            self.slow_steps, self.last_width = (self.slow_steps + 1 if slow else 0), width
+            if g_a * g_b < 0 and self.slow_steps < 2:
                 t = a - g_a * (b - a) / (g_b - g_a)
-                if self.slow:
+                if self.slow_steps == 1:
                     t = a + 2.0 * (t - a)
             else:
                 t = 0.5 * (a + b)

@@ -857,7 +857,8 @@ def test_worse_than_uses_both_errors():
 def test_secant_zoom_crosses_the_zero_after_a_slow_step():
     """Regula falsi keeps one end: after a step that did not halve the bracket, the zoom steps
     twice as far from the best point as the slopes' secant puts the zero (so the trial lands
-    beyond the zero and moves the other end), still inside the middle 80% of the bracket."""
+    beyond the zero and moves the other end), still inside the middle 80% of the bracket; after
+    two such steps in a row it bisects."""
     from hoag_shine.outer import _Bracketing, _Evaluation
 
     def point(x, slope):
@@ -869,7 +870,13 @@ def test_secant_zoom_crosses_the_zero_after_a_slow_step():
     assert first == pytest.approx(-5.0 - 4e-3 * (-4.0) / (-2.8e-2 - 4e-3))
     best = point(first, 1.5e-3)  # it kept the far end: the bracket did not halve
     secant = first - 1.5e-3 * (-9.0 - first) / (-2.8e-2 - 1.5e-3)
-    assert float(search.propose(best)) == pytest.approx(first + 2.0 * (secant - first))
+    doubled = float(search.propose(best))
+    assert doubled == pytest.approx(first + 2.0 * (secant - first))
+    # A second slow step in a row (a wrong slope can make every secant step slow): bisect.
+    search.other = point(-9.0 + 0.05 * (doubled + 9.0), -2.0e-2)  # shrank by 5% only
+    assert float(search.propose(best)) == pytest.approx(
+        0.5 * (first + float(search.other.log_alpha))
+    )
     # A step that halved the bracket is followed by the plain secant again.
     best, search.other = point(-5.7, 1e-3), point(-5.9, -3e-3)
     assert float(search.propose(best)) == pytest.approx(-5.75)
