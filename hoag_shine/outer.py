@@ -280,6 +280,31 @@ class _Bracketing:
     last_width: float = math.inf
     slow_steps: int = 0  # zoom steps in a row that did not halve the bracket
 
+    def slope_scale(self, best: _Evaluation, point, history) -> float:
+        """The magnitude of hypergradient whose sign the trial at ``point`` must get right.
+
+        The best point's slope; in a bracket, at least the slope that a point ``xtol/2`` from
+        the minimizer has (the bracket's secant curvature times ``xtol/2``: closer, a wrong
+        sign moves the result by less than ``xtol``). While expanding (all slopes of one sign
+        so far), at least half the trial's own slope as the secant of the last two records
+        predicts it: a trial far beyond the minimizer has a large slope, and needs no tight
+        solve to show it (on 20news, 254 inner iterations at a tolerance set by the best
+        point's small slope, for a loss 20% above the best).
+        """
+        scale = abs(float(best.grad))
+        if self.other is not None:
+            width = abs(float(self.other.log_alpha) - float(best.log_alpha))
+            curvature = abs(float(self.other.grad) - float(best.grad)) / width
+            return max(scale, 0.5 * curvature * self.xtol)
+        if len(history) >= 2:
+            last, previous = history[-1], history[-2]
+            moved = abs(float(last["log_alpha"]) - float(previous["log_alpha"]))
+            if moved > 0:
+                curvature = (previous["grad_norm"] - last["grad_norm"]) / moved
+                distance = abs(float(point) - float(best.log_alpha))
+                scale = max(scale, 0.5 * abs(last["grad_norm"] - curvature * distance))
+        return scale
+
     def propose(self, best: _Evaluation) -> np.ndarray | None:
         a, g_a = float(best.log_alpha), float(best.grad)
         if self.other is not None:
@@ -596,28 +621,9 @@ def solve_bilevel(
                 # The sign of the hypergradient decides the secant search, and its error is
                 # about proportional to the inner tolerance: as the search nears the minimizer,
                 # where the hypergradient vanishes, the tolerance shrinks with the best point's
-                # hypergradient, relative to the first one. Only down to the slope that a point
-                # xtol/2 from the minimizer has (the bracket's secant curvature times xtol/2):
-                # closer, a wrong sign moves the result by less than xtol.
-                scale = abs(float(state.best.grad))
-                other = state.optimizer.other
-                if other is not None:
-                    width = abs(float(other.log_alpha) - float(state.best.log_alpha))
-                    curvature = abs(float(other.grad) - float(state.best.grad)) / width
-                    scale = max(scale, 0.5 * curvature * xtol)
-                elif len(state.history) >= 2:
-                    # Expanding (all slopes of one sign so far): the trial's own slope, as the
-                    # secant of the last two predicts it, half of it to be safe. A trial far
-                    # beyond the minimizer has a large slope, and needs no tight solve to show
-                    # it (on 20news, 254 inner iterations at a tolerance set by the best point's
-                    # small slope, for a loss 20% above the best).
-                    last, previous = state.history[-1], state.history[-2]
-                    moved = abs(float(last["log_alpha"]) - float(previous["log_alpha"]))
-                    if moved > 0:
-                        curvature = (previous["grad_norm"] - last["grad_norm"]) / moved
-                        distance = abs(float(point) - float(state.best.log_alpha))
-                        predicted = abs(last["grad_norm"] - curvature * distance)
-                        scale = max(scale, 0.5 * predicted)
+                # hypergradient (the scale of slope the trial must resolve, see slope_scale),
+                # relative to the first one.
+                scale = state.optimizer.slope_scale(state.best, point, state.history)
                 ratio = scale / max(state.history[0]["grad_norm"], 1e-300)
                 # (at most 1000 times tighter than the schedule's start: a hypergradient that
                 # vanishes on a flat loss does not call for round-off-level solves)

@@ -216,8 +216,13 @@ class LBFGSMemory:
         """
         if size == self.size:
             return self.copy()
+        return self._refilled(size, self.chronological()[-size:])
+
+    def _refilled(self, size: int, order) -> LBFGSMemory:
+        """A new memory of ``size`` with this one's pairs ``order`` pushed in turn (a pair
+        without safe curvature is skipped and counted)."""
         new = LBFGSMemory(size, self._s[0], curvature_eps=self.curvature_eps)
-        for i in self.chronological()[-size:]:
+        for i in order:
             new.push(self._s[i], self._y[i])
         new.n_skipped += self.n_skipped
         return new
@@ -258,11 +263,7 @@ class LBFGSMemory:
         )
         if used and not bool(xp.all(sy > self.curvature_eps * norms)):
             # A pair lost its safe curvature: rebuild from the pairs that keep it, in order.
-            rebuilt = LBFGSMemory(self.size, self._s[0], curvature_eps=self.curvature_eps)
-            for i in new.chronological():
-                rebuilt.push(new._s[i], new._y[i])
-            rebuilt.n_skipped += self.n_skipped
-            return rebuilt
+            return new._refilled(self.size, new.chronological())
         if used:
             newest = (new._next - 1) % new.size
             new._gamma = float(new._sy[newest, newest]) / float(new._yy[newest, newest])
