@@ -265,7 +265,10 @@ class _Bracketing:
       far from the best point after a step that did not halve the bracket), else, or after two
       such steps in a row, the midpoint; kept in the middle 80% of the bracket. The trial
       replaces the end that keeps a minimizer inside. The search stops when the bracket is
-      narrower than ``xtol``.
+      narrower than ``xtol``, or when the slopes' secant across it predicts a decrease below
+      the best point of less than ``ftol`` times its loss (``g^2 / 2h``, with ``g`` the best
+      point's slope and ``h`` the secant's curvature): the rest of the bracket cannot lower
+      the loss by what counts as progress.
 
     Every trial lies inside the bracket or one step beyond the best point, so the search
     cannot wander away from what it found.
@@ -275,6 +278,12 @@ class _Bracketing:
     low: float
     high: float
     xtol: float
+    ftol: float = 0.0
+    # The shortest expansion step when the slopes head for a zero: the first step (the
+    # search's unit of length). Infinite in checkpoints written before it.
+    min_step: float = math.inf
+    decay_rate: float | None = None  # of log |slope| per unit of log_alpha, last expansion
+    loss_scale: float = 0.0  # |outer loss| at the start: the scale of what counts as progress
     other: _Evaluation | None = None
     message: str = ""
     last_width: float = math.inf
@@ -313,6 +322,12 @@ class _Bracketing:
             if width <= self.xtol:
                 self.message = f"bracket narrower than xtol ({width:.3g})"
                 return None
+            if g_a * g_b < 0:
+                curvature = (g_b - g_a) / (b - a)
+                decrease = 0.5 * g_a**2 / curvature
+                if decrease < self.ftol * abs(float(best.value)):
+                    self.message = f"bracket's predicted decrease below outer_tol ({decrease:.3g})"
+                    return None
             # Secant steps can shrink a bracket from one side only (regula falsi): after a
             # step that did not halve it, step twice as far from the best point, to cross the
             # zero and move the other end (bisecting there cost two evaluations far from the
@@ -352,14 +367,31 @@ class _Bracketing:
             self.other = best
             return True
         # Same side, lower: step 1.5 times as far as the slopes' secant puts their zero (to
-        # cross it and close a bracket), between the last move and four times it. (Not less:
-        # a loss that decays to a flat tail, with no zero of its slope, would be crawled.)
+        # cross it and close a bracket), at most four times the last move and at least the
+        # last move: a loss that decays to a flat tail, with no zero of its slope, is not
+        # crawled. In a tail |slope| decays geometrically (log |slope| falls at a steady
+        # rate); toward a zero log |slope| falls faster and faster. So when the rate has
+        # grown (1.5 times the last expansion's) and the secant promises a decrease that
+        # counts (``ftol`` times the first loss) on the way to its zero, the floor is the
+        # shorter of the last move and the first step. (On 20news a move of 4 that cut the
+        # slope 15-fold, at three times the rate before, was followed by another of 4, far
+        # beyond the minimizer 0.75 away: a rejected trial that cost 14% of the search. On
+        # separable data the loss falls to 1e-7 and beyond, where nothing counts.)
         distance, g_a = abs(t - a), float(best.grad)
         if 0 < abs(g_t) < abs(g_a):
             to_zero = abs(g_t) * distance / (abs(g_a) - abs(g_t))
-            self.step = min(4 * distance, max(distance, 1.5 * to_zero))
+            rate = math.log(abs(g_a) / abs(g_t)) / distance
+            promised = 0.5 * abs(g_t) * to_zero
+            heading_for_zero = (
+                self.decay_rate is not None
+                and rate > 1.5 * self.decay_rate
+                and promised >= self.ftol * self.loss_scale
+            )
+            floor = min(distance, self.min_step) if heading_for_zero else distance
+            self.decay_rate = rate
+            self.step = min(4 * distance, max(floor, 1.5 * to_zero))
         else:
-            self.step = 2 * distance
+            self.step, self.decay_rate = 2 * distance, None
         return True
 
 
@@ -386,8 +418,9 @@ class _SearchState:
 _PATH_LENGTH = 8
 
 
-def _predicted_start(path, point) -> tuple[list, list] | None:
-    """Each fold's inner solution and adjoint at ``point``, predicted along the search path.
+def _predicted_start(path, point) -> tuple[list, list, list | None] | None:
+    """Each fold's inner solution and adjoint at ``point``, predicted along the search path,
+    and (scalar ``log_alpha``) the secant's tangent of the solution path, ``dw/dlog_alpha``.
 
     The evaluated point nearest to ``point`` and the nearest one beyond ``point`` from it (or,
     when there is none, the second nearest) give the secant of the solution path
@@ -421,7 +454,11 @@ def _predicted_start(path, point) -> tuple[list, list] | None:
     c = min(max(coordinate(b), -1.0), 2.0)
     coefs = [w_a + c * (w_b - w_a) for w_a, w_b in zip(a[1], b[1], strict=True)]
     adjoints = [q_a + c * (q_b - q_a) for q_a, q_b in zip(a[2], b[2], strict=True)]
-    return coefs, adjoints
+    tangents = None
+    if point.ndim == 0:
+        delta = float(b[0] - a[0])
+        tangents = [(w_b - w_a) * (1.0 / delta) for w_a, w_b in zip(a[1], b[1], strict=True)]
+    return coefs, adjoints, tangents
 
 
 def _evaluate_fold(inner, outer, log_alpha, warm, options) -> HypergradientResult:
@@ -534,7 +571,8 @@ def solve_bilevel(
         ``max_iter``, ``xtol`` or the time budget.
     outer_tol : float
         Relative decrease of the best outer loss that counts as progress for
-        ``n_iter_no_change``.
+        ``n_iter_no_change``. The secant search also stops when its bracket's secant model
+        predicts less than this relative decrease below the best point (0: never).
 
     Returns
     -------
@@ -633,8 +671,12 @@ def solve_bilevel(
             warm = [dict(fold_warm) for fold_warm in state.warm]
             predicted = _predicted_start(state.path, point) if predict_path else None
             if predicted is not None:
-                for fold_warm, coef, adjoint in zip(warm, *predicted, strict=True):
-                    fold_warm["coef0"], fold_warm["q0"] = coef, adjoint
+                coefs, adjoints, tangents = predicted
+                for i, fold_warm in enumerate(warm):
+                    fold_warm["coef0"], fold_warm["q0"] = coefs[i], adjoints[i]
+                    if tangents is not None:
+                        # for the safeguard's test of the hypergradient's sign
+                        fold_warm["tangent"] = tangents[i]
             results = parallel(
                 delayed(_evaluate_fold)(i, o, point, w, fold_options)
                 for i, o, w in zip(inners, outers, warm, strict=True)
@@ -724,7 +766,9 @@ def solve_bilevel(
                 adopt_warm_start(first)
                 step = _initial_step(optimizer, step_size, initial_step, first.grad)
                 if optimizer == "secant":
-                    state.optimizer = _Bracketing(step, low, high, xtol)
+                    state.optimizer = _Bracketing(
+                        step, low, high, xtol, min_step=step, loss_scale=abs(first.value)
+                    )
                 else:
                     adam = _AdamState(first.grad.shape) if optimizer == "adam" else None
                     state.optimizer = _GradientSteps(
@@ -732,6 +776,8 @@ def solve_bilevel(
                     )
                 stop = conclude(record(first, 0, step, True))
             search = state.optimizer
+            if optimizer == "secant":  # stopping rules may differ from a checkpoint's
+                search.xtol, search.ftol = xtol, outer_tol
             for k in range(len(state.history), max_iter):
                 if stop:
                     message = "stopped by callback"

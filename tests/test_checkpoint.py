@@ -61,6 +61,7 @@ def search(checkpoint=None, *, max_iter=N_ITER, kill_at=None, folds=None, **opti
     options.setdefault("log_alpha0", 1.0)
     # Eight full iterations: the secant search (the default) would stop on its bracket first.
     options.setdefault("xtol", 0.0)
+    options.setdefault("outer_tol", 0.0)
     return solve_bilevel(
         inners, outers, max_iter=max_iter, checkpoint=checkpoint, callback=callback, **options
     )

@@ -623,7 +623,8 @@ def test_keyboard_interrupt_keeps_the_best_point(binary_data):
         if record["iteration"] == 3:
             raise KeyboardInterrupt
 
-    est = _fast(LogisticRegression(), max_outer_iter=30, callbacks=interrupt)
+    # (outer_tol=0: the secant search would otherwise end on its bracket before iteration 3)
+    est = _fast(LogisticRegression(), max_outer_iter=30, outer_tol=0.0, callbacks=interrupt)
     with (
         pytest.warns(RuntimeWarning, match="interrupted"),  # from solve_bilevel
         pytest.warns(UserWarning, match="interrupted after 4 outer iterations"),

@@ -283,6 +283,60 @@ def test_shine_opa_accurate_on_breast_cancer(cancer, tol):
     np.testing.assert_array_equal(raw.grad, res.grad)
 
 
+def _dense_operator(operator, n):
+    return np.column_stack([operator(e) for e in np.eye(n)])
+
+
+@pytest.mark.parametrize("method", ["shine", "shine-opa"])
+def test_safeguard_error_estimate_is_exact_with_the_exact_tangent(cancer, method):
+    """``g - g* = t . (H q - v)`` with ``t = dw*/dlog_alpha = -H^{-1} c`` (``c`` the cross
+    derivative) and ``g*`` the exact hypergradient at the same ``w``: an identity of linear
+    algebra, so the estimate matches to round-off of the dense solves (cond(H) ~ 1e3 here)."""
+    inner, outer, _, _ = cancer
+    la = 0.0
+    first = hypergradient(inner, outer, la, method=method, tol=1e-4)
+    w = first.coef
+    n = w.shape[0]
+    hessian = _dense_operator(inner.hessian_operator(w, la), n)
+    cross = np.array([float(inner.cross_vjp(w, la, e)) for e in np.eye(n)])
+    tangent = -np.linalg.solve(hessian, cross)
+    res = hypergradient(inner, outer, la, method=method, tol=1e-4, tangent=tangent)
+    assert "fallback" not in res.info["backward"]  # SHINE's own q: its error is estimated
+    exact = -cross @ np.linalg.solve(hessian, outer.grad(w))
+    error = abs(float(res.grad) - exact)
+    assert error > 0
+    scale = np.linalg.cond(hessian) * np.finfo(float).eps * abs(cross) @ np.abs(res.q) * 10
+    assert abs(res.info["grad_error_estimate"] - error) <= scale
+    np.testing.assert_array_equal(res.grad, first.grad)  # the test changed nothing here
+
+
+def test_safeguard_falls_back_when_the_tangent_says_the_sign_is_unsure(cancer):
+    """An error estimate above ``safeguard_threshold * |g|`` replaces SHINE's q by CG's; a
+    zero tangent (no error) keeps it."""
+    inner, outer, _, _ = cancer
+    plain = hypergradient(inner, outer, 0.0, method="shine-opa", tol=1e-6)
+    assert plain.info["backward"] == "shine-opa"
+    w = plain.coef
+    zero = hypergradient(inner, outer, 0.0, method="shine-opa", tol=1e-6, tangent=0 * w)
+    assert zero.info["backward"] == "shine-opa" and zero.info["grad_error_estimate"] == 0
+    np.testing.assert_array_equal(zero.grad, plain.grad)
+    # A tangent whose error estimate is exactly the threshold times |g|, then just above it.
+    hq = _dense_operator(inner.hessian_operator(w, 0.0), w.shape[0]) @ plain.q
+    residual = hq - outer.grad(w)
+    limit = 0.5 * abs(float(plain.grad))
+    unit = residual / (residual @ residual)
+    kept = hypergradient(
+        inner, outer, 0.0, method="shine-opa", tol=1e-6, tangent=0.9 * limit * unit
+    )
+    assert kept.info["backward"] == "shine-opa"
+    refused = hypergradient(
+        inner, outer, 0.0, method="shine-opa", tol=1e-6, tangent=1.1 * limit * unit
+    )
+    assert refused.info["backward"] == "shine-opa+fallback-cg"
+    cg = hypergradient(inner, outer, 0.0, method="cg", tol=1e-6)
+    np.testing.assert_allclose(refused.grad, cg.grad, rtol=1e-2)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_plain_shine_accurate_when_the_memory_spans_the_space(seed):
     """Plain SHINE on a well-conditioned quadratic (ridge, cond(H) ~ 2) whose L-BFGS memory

@@ -659,10 +659,18 @@ def test_solve_bilevel_invalid_arguments(cancer):
 
 def test_early_stopping_counts_iterations_without_progress(cancer):
     inner, outer = cancer
-    full = solve_bilevel(inner, outer, 0.0, method="cg", max_iter=12)
+    # HOAG's steps: the secant search would also stop on its bracket's predicted decrease.
+    full = solve_bilevel(inner, outer, 0.0, method="cg", optimizer="hoag", max_iter=12)
     # With outer_tol=1 no decrease counts as progress: stop after exactly n_iter_no_change trials.
     stopped = solve_bilevel(
-        inner, outer, 0.0, method="cg", max_iter=12, n_iter_no_change=3, outer_tol=1.0
+        inner,
+        outer,
+        0.0,
+        method="cg",
+        optimizer="hoag",
+        max_iter=12,
+        n_iter_no_change=3,
+        outer_tol=1.0,
     )
     assert stopped.n_iter == 4
     assert "no relative decrease" in stopped.message
@@ -681,7 +689,14 @@ def test_early_stopping_counts_iterations_without_progress(cancer):
             expected = k + 1
             break
     patient = solve_bilevel(
-        inner, outer, 0.0, method="cg", max_iter=12, n_iter_no_change=2, outer_tol=1e-4
+        inner,
+        outer,
+        0.0,
+        method="cg",
+        optimizer="hoag",
+        max_iter=12,
+        n_iter_no_change=2,
+        outer_tol=1e-4,
     )
     assert patient.n_iter == (expected if expected is not None else full.n_iter)
     with pytest.raises(ValueError, match="n_iter_no_change"):
@@ -724,14 +739,15 @@ def test_warning_when_the_search_ends_on_a_bound(cancer, cancer_optimum, offset,
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("start", [-5.0, 4.0])
 def test_secant_search_finds_the_minimizer(cancer, cancer_optimum, method, start):
-    """From either side of the minimizer: a bracket narrower than xtol = 0.1, at a held-out
-    loss (evaluated again tightly) within 1% of the grid-and-scalar-search optimum's, in far
-    fewer evaluations than HOAG's 30."""
+    """From either side of the minimizer: a bracket narrower than xtol = 0.1 or one whose
+    secant model promises less than outer_tol, at a held-out loss (evaluated again tightly)
+    within 1% of the grid-and-scalar-search optimum's, in far fewer evaluations than HOAG's
+    30."""
     inner, outer = cancer
     _, best_value, value = cancer_optimum
     result = solve_bilevel(inner, outer, start, method=method, max_iter=30)
     check_history(result, 30)
-    assert result.message.startswith("bracket narrower than xtol")
+    assert result.message.startswith(("bracket narrower than xtol", "bracket's predicted"))
     assert result.n_iter <= 15
     # Near the minimizer the loss is flat: a loss within 1% is the criterion; the position is
     # checked against the bracket it ends in, twice its width for the minimizer's own error.
@@ -826,10 +842,11 @@ def test_path_prediction_interpolates_the_nearest_points():
         (np.array(1.0), [np.array([1.0, 2.0])], [np.array([3.0])]),
         (np.array(5.0), [np.array([9.0, 9.0])], [np.array([9.0])]),
     ]
-    coefs, adjoints = _predicted_start(path, 0.25)  # between the two nearest: 0 and 1
+    coefs, adjoints, tangents = _predicted_start(path, 0.25)  # between the nearest: 0 and 1
     np.testing.assert_allclose(coefs[0], [0.25, 0.5])
     np.testing.assert_allclose(adjoints[0], [1.5])
-    coefs, _ = _predicted_start(path, -10.0)  # far beyond: extrapolation capped at one step
+    np.testing.assert_allclose(tangents[0], [1.0, 2.0])  # the secant's slope dw/dlog_alpha
+    coefs, _, _ = _predicted_start(path, -10.0)  # far beyond: extrapolation capped at one step
     np.testing.assert_allclose(coefs[0], [-1.0, -2.0])
     assert _predicted_start(path[:1], 0.5) is None
     # Two close points on one side and a far one on the other: interpolate between the nearest
@@ -839,8 +856,9 @@ def test_path_prediction_interpolates_the_nearest_points():
         (np.array(0.1), [np.array([1.0])], [np.array([1.0])]),
         (np.array(1.0), [np.array([2.0])], [np.array([2.0])]),
     ]
-    coefs, _ = _predicted_start(path, 0.3)  # nearest 0.1; 0.3 lies between 0.1 and 1.0
+    coefs, _, tangents = _predicted_start(path, 0.3)  # nearest 0.1; 0.3 between 0.1 and 1.0
     np.testing.assert_allclose(coefs[0], [1.0 + (0.2 / 0.9) * 1.0])
+    np.testing.assert_allclose(tangents[0], [1.0 / 0.9])
 
 
 def test_worse_than_uses_both_errors():
