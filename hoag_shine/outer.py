@@ -18,6 +18,10 @@ minimizer is bracketed (by a change of sign, or a loss that rises by more than t
 explain), then shrink the bracket with secant steps on the slopes, in the manner of Moré and
 Thuente's line search. Every trial lies inside the bracket or one step beyond the best point, so
 the search cannot wander off; it needs a few evaluations where HOAG's ``1/L`` steps need tens.
+It stops when the bracket is narrower than ``xtol`` or when its secant model promises less than
+``outer_tol`` of relative decrease. For a scalar ``log_alpha`` each evaluation also hands the
+safeguard the secant's tangent of the solution path, with which it checks the hypergradient's
+sign (see :func:`~hoag_shine.hypergradient`).
 
 HOAG's step (any shape of ``log_alpha``) is ``1/L`` with ``L`` adapted (Pedregosa, 2016): a step
 that decreases the outer loss at least as much as the quadratic model ``f - step/2 ||g||^2``
