@@ -326,8 +326,8 @@ class _Bracketing:
             if width <= self.xtol:
                 self.message = f"bracket narrower than xtol ({width:.3g})"
                 return None
-            if g_a * g_b < 0:
-                curvature = (g_b - g_a) / (b - a)
+            curvature = (g_b - g_a) / (b - a)
+            if g_a * g_b < 0 and curvature > 0:
                 decrease = 0.5 * g_a**2 / curvature
                 if decrease < self.ftol * abs(float(best.value)):
                     self.message = f"bracket's predicted decrease below outer_tol ({decrease:.3g})"

@@ -898,3 +898,61 @@ def test_secant_zoom_crosses_the_zero_after_a_slow_step():
     # A step that halved the bracket is followed by the plain secant again.
     best, search.other = point(-5.7, 1e-3), point(-5.9, -3e-3)
     assert float(search.propose(best)) == pytest.approx(-5.75)
+
+
+def test_secant_search_stops_when_the_bracket_promises_less_than_outer_tol():
+    """With ``g`` the best point's slope and ``h`` the secant curvature of the bracket's end
+    slopes, the model's minimum lies ``g^2 / 2h`` below the best point: the search stops when
+    that is below ``ftol`` times the best loss, and goes on just above it."""
+    from hoag_shine.outer import _Bracketing, _Evaluation
+
+    loss = 0.09
+    other = _Evaluation(np.array(-5.0), loss + 1e-3, np.array(4e-3), [], 1e-3)
+    curvature = (4e-3 + 2e-4) / 1.0  # slopes 4e-3 at -5 and -2e-4 at -6 (log_alpha)
+    decrease = 0.5 * 2e-4**2 / curvature
+    for ftol, stops in [(1.01 * decrease / loss, True), (0.99 * decrease / loss, False)]:
+        search = _Bracketing(step=1.0, low=-25.0, high=25.0, xtol=0.1, ftol=ftol)
+        best = _Evaluation(np.array(-6.0), loss, np.array(-2e-4), [], 1e-3)
+        search.other = other
+        proposal = search.propose(best)
+        assert (proposal is None) == stops
+        if stops:
+            assert search.message.startswith("bracket's predicted decrease below outer_tol")
+        else:
+            assert -6.0 < float(proposal) < -5.0
+    # Slopes of one sign (a bracket closed by a rise of the loss), or slopes whose secant
+    # curves down (inexact slopes around a maximum): no model, no stop.
+    for slope_b, slope_a in [(1e-3, 2e-4), (-4e-3, 2e-4)]:
+        search = _Bracketing(step=1.0, low=-25.0, high=25.0, xtol=0.1, ftol=1.0)
+        search.other = _Evaluation(np.array(-5.0), loss + 1e-3, np.array(slope_b), [], 1e-3)
+        best = _Evaluation(np.array(-6.0), loss, np.array(slope_a), [], 1e-3)
+        assert search.propose(best) is not None
+
+
+def test_expansion_is_cautious_only_when_the_slope_heads_for_a_zero():
+    """The step after a move of 4 that cut the slope 15-fold: at least the last move (4) when
+    log |slope| fell at the same rate as before (a tail), the first step (1) when the rate grew
+    1.5-fold and the secant promises a decrease that counts, the last move when it promises
+    less than ``ftol`` times the first loss (a loss already at its floor)."""
+    from hoag_shine.outer import _Bracketing, _Evaluation
+
+    def point(x, value, slope):
+        return _Evaluation(np.array(x), value, np.array(slope), [], 1e-3)
+
+    def step_after(previous_rate, loss_scale, ftol=1e-4):
+        search = _Bracketing(
+            step=4.0, low=-25.0, high=25.0, xtol=0.1, ftol=ftol, min_step=1.0, loss_scale=loss_scale
+        )
+        search.decay_rate = previous_rate
+        # (positive slopes: the loss falls as log_alpha does)
+        assert search.update(point(-1.0, 0.21, 6.5e-2), point(-5.0, 0.093, 4.5e-3))
+        return search.step
+
+    rate = np.log(6.5e-2 / 4.5e-3) / 4.0  # 0.67 per unit of log_alpha
+    to_zero = 4.5e-3 * 4.0 / (6.5e-2 - 4.5e-3)  # 0.3: the secant's zero beyond -5
+    assert step_after(previous_rate=rate, loss_scale=0.29) == 4.0  # steady rate: a tail
+    assert step_after(previous_rate=None, loss_scale=0.29) == 4.0  # no rate known yet
+    assert step_after(previous_rate=rate / 1.6, loss_scale=0.29) == 1.0  # toward a zero
+    promised = 0.5 * 4.5e-3 * to_zero
+    assert step_after(rate / 1.6, loss_scale=1.01 * promised / 1e-4) == 4.0  # nothing counts
+    assert step_after(rate / 1.6, loss_scale=0.99 * promised / 1e-4) == 1.0
