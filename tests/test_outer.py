@@ -659,19 +659,16 @@ def test_solve_bilevel_invalid_arguments(cancer):
 
 def test_early_stopping_counts_iterations_without_progress(cancer):
     inner, outer = cancer
+
     # HOAG's steps: the secant search would also stop on its bracket's predicted decrease.
-    full = solve_bilevel(inner, outer, 0.0, method="cg", optimizer="hoag", max_iter=12)
+    def search(**options):
+        return solve_bilevel(
+            inner, outer, 0.0, method="cg", optimizer="hoag", max_iter=12, **options
+        )
+
+    full = search()
     # With outer_tol=1 no decrease counts as progress: stop after exactly n_iter_no_change trials.
-    stopped = solve_bilevel(
-        inner,
-        outer,
-        0.0,
-        method="cg",
-        optimizer="hoag",
-        max_iter=12,
-        n_iter_no_change=3,
-        outer_tol=1.0,
-    )
+    stopped = search(n_iter_no_change=3, outer_tol=1.0)
     assert stopped.n_iter == 4
     assert "no relative decrease" in stopped.message
     # The path up to the stop is the full run's.
@@ -688,16 +685,7 @@ def test_early_stopping_counts_iterations_without_progress(cancer):
         if stall == 2:
             expected = k + 1
             break
-    patient = solve_bilevel(
-        inner,
-        outer,
-        0.0,
-        method="cg",
-        optimizer="hoag",
-        max_iter=12,
-        n_iter_no_change=2,
-        outer_tol=1e-4,
-    )
+    patient = search(n_iter_no_change=2, outer_tol=1e-4)
     assert patient.n_iter == (expected if expected is not None else full.n_iter)
     with pytest.raises(ValueError, match="n_iter_no_change"):
         solve_bilevel(inner, outer, 0.0, n_iter_no_change=0)
