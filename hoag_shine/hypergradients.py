@@ -55,7 +55,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from ._array import all_finite, as_like, copy, dot, norm, to_numpy
-from .solvers import LBFGS, LBFGSMemory, LBFGSState, conjugate_gradient
+from .solvers import LBFGS, LBFGSMemory, LBFGSState, NewtonCG, conjugate_gradient
 
 __all__ = [
     "METHODS",
@@ -197,6 +197,7 @@ def hypergradient(
     safeguard: bool = True,
     safeguard_threshold: float = 0.5,
     tangent=None,
+    grad_rtol: float = 0.1,
     emit_warnings: bool = True,
 ) -> HypergradientResult:
     """Solve the inner problem and return the hypergradient of the outer criterion.
@@ -230,9 +231,12 @@ def hypergradient(
         penalty: ``y += (alpha - alpha_memory) * s``.
     q0 : array, optional
         Warm start of the CG adjoint solve (converted like ``coef0``).
-    solver : LBFGS, optional
+    solver : LBFGS or NewtonCG, optional
         Inner solver configuration; its ``tol`` and ``gradient_norm`` are replaced as
-        described above. Defaults to :func:`default_solver` of ``method``.
+        described above. Defaults to :func:`default_solver` of ``method``. A
+        :class:`~hoag_shine.solvers.NewtonCG` (truncated Newton on the problem's Hessian
+        products, several times faster than L-BFGS at small penalties) builds no inverse
+        estimate: it serves ``method="cg"`` only, and ignores ``memory``.
     cg_tol : float, optional
         Relative residual tolerance of CG (``cg``, ``shine-refine`` and the safeguard's
         fallback), with the residual measured like the inner gradient:
@@ -256,7 +260,13 @@ def hypergradient(
         tangent, ``-H^{-1} d(grad_w inner)/dlog_alpha``). With a tangent, the safeguard also
         falls back to CG when that estimate exceeds ``safeguard_threshold`` times the
         hypergradient: a residual small in norm can still flip the sign of a hypergradient
-        that nearly vanishes. The estimate is in ``info["grad_error_estimate"]``.
+        that nearly vanishes. The estimate is in ``info["grad_error_estimate"]``. CG (of
+        ``cg`` and of the fallback) then also stops as soon as the same estimate, for its
+        iterate, stays below ``grad_rtol`` times the hypergradient on
+        ``GOAL_STREAK`` consecutive iterations: the search needs the hypergradient, not the
+        adjoint, to that accuracy (``info["cg_stop"]`` says which test stopped it).
+    grad_rtol : float
+        Relative accuracy of the hypergradient at which CG stops, with a ``tangent``.
     emit_warnings : bool
         Emit the warnings below. When False they are only collected in
         ``info["warnings"]`` as ``(category, message)`` pairs, for callers running in worker
@@ -281,13 +291,16 @@ def hypergradient(
         solver if solver is not None else default_solver(method, getattr(inner, "n_params", None))
     )
     measure = stopping_measure(inner)
-    solver = replace(
-        base,
-        tol=tol,
-        step_tol=tol,
-        gradient_norm=measure,
-        opa_freq=base.opa_freq if method == "shine-opa" else None,
-    )
+    newton = isinstance(base, NewtonCG)
+    if newton and method != "cg":
+        raise ValueError(
+            f"method={method!r} needs the inverse estimate of a quasi-Newton inner solver "
+            "(LBFGS); a NewtonCG inner solver builds none and serves method='cg' only."
+        )
+    settings = {"tol": tol, "step_tol": tol, "gradient_norm": measure}
+    if not newton:
+        settings["opa_freq"] = base.opa_freq if method == "shine-opa" else None
+    solver = replace(base, **settings)
     # The problem's zero vector fixes the backend, dtype and device; warm starts are brought
     # to them (a numpy warm start for a torch problem, say).
     zero = inner.init_coef()
@@ -301,13 +314,20 @@ def hypergradient(
         owned = True
 
     start = time.perf_counter()
-    state = solver.run(
-        lambda w: inner.value_and_grad(w, la),
-        coef0,
-        memory=memory,
-        opa_direction=outer.grad if method == "shine-opa" else None,
-        take_memory=owned,
-    )
+    if newton:
+        state = solver.run(
+            lambda w: inner.value_and_grad(w, la),
+            coef0,
+            hessian=lambda w: inner.hessian_operator(w, la),
+        )
+    else:
+        state = solver.run(
+            lambda w: inner.value_and_grad(w, la),
+            coef0,
+            memory=memory,
+            opa_direction=outer.grad if method == "shine-opa" else None,
+            take_memory=owned,
+        )
     notes: list[tuple[type[Warning], str]] = []
     if not state.converged:
         notes.append(
@@ -332,12 +352,23 @@ def hypergradient(
     backward_name = f"{method}+no-final-opa" if opa_incomplete else method
     info: dict[str, Any] = {"method": method, "backward": backward_name, "cg_iter": 0}
 
-    def run_cg(start_point, max_iter, warn=True):
+    goal = None
+    if tangent is not None and np.ndim(la) == 0:
+        goal = _HypergradientGoal(inner, w, la, as_like(tangent, w), grad_rtol)
+
+    def run_cg(start_point, max_iter, warn=True, goal=None):
         # The residual has the units of a gradient: measured like the inner solver's.
         result = conjugate_gradient(
-            hessian, v, start_point, rtol=cg_tol, max_iter=max_iter, vector_norm=measure
+            hessian,
+            v,
+            start_point,
+            rtol=cg_tol,
+            max_iter=max_iter,
+            vector_norm=measure,
+            stop_when=goal,
         )
         info["cg_iter"] += result.n_iter
+        info["cg_stop"] = "hypergradient estimate" if result.stopped_early else "residual"
         if warn and not result.converged:
             notes.append(
                 (
@@ -350,7 +381,7 @@ def hypergradient(
         return result.x
 
     if method == "cg":
-        q = run_cg(q0, cg_max_iter)
+        q = run_cg(q0, cg_max_iter, goal=goal)
     elif method == "jacobian-free":
         q = copy(v)
     else:
@@ -370,7 +401,7 @@ def hypergradient(
                 info["backward"] = f"{backward_name}+fallback-cg"
                 h_start = None if hq is None else scale * hq
                 start_point = _better_start(hessian, v, q0, scale * q, h_start, measure)
-                q = run_cg(start_point, cg_max_iter)
+                q = run_cg(start_point, cg_max_iter, goal=goal)
             elif verdict == "rescale":
                 info["backward"] = f"{backward_name}+rescaled"
                 q = scale * q
@@ -388,7 +419,7 @@ def hypergradient(
         inner_converged=state.converged,
         n_fun_evals=state.n_fun_evals,
         n_opa_evals=state.n_opa_evals,
-        n_hvp=hessian.count,
+        n_hvp=hessian.count + getattr(state, "n_hvp", 0),
         time_inner=time_inner,
         time_backward=time.perf_counter() - start,
         warnings=notes,
@@ -397,6 +428,31 @@ def hypergradient(
         for category, message in notes:
             warnings.warn(message, category, stacklevel=2)
     return HypergradientResult(value=value, grad=grad, coef=w, q=q, inner_state=state, info=info)
+
+
+#: Consecutive CG iterations on which the hypergradient's error estimate must stay below
+#: ``grad_rtol``: with a secant tangent, a single small value can be a transient cancellation.
+GOAL_STREAK = 3
+
+
+class _HypergradientGoal:
+    """CG's goal-oriented test for a scalar ``log_alpha``: ``(q, r) -> bool``.
+
+    The hypergradient ``g(q) = -cross_vjp(w, q)`` is linear in ``q``, so its error is
+    ``g(q) - g(q*) = tangent . r`` exactly for the exact tangent ``-H^{-1} alpha w`` and the
+    residual ``r = v - H q``; with an estimated tangent it is a first-order estimate.
+    """
+
+    def __init__(self, inner, w, log_alpha, tangent, rtol: float):
+        self.inner, self.w, self.log_alpha = inner, w, log_alpha
+        self.tangent, self.rtol = tangent, rtol
+        self.streak = 0
+
+    def __call__(self, q, residual) -> bool:
+        error = abs(dot(self.tangent, residual))
+        grad = abs(float(np.sum(to_numpy(self.inner.cross_vjp(self.w, self.log_alpha, q)))))
+        self.streak = self.streak + 1 if error <= self.rtol * grad else 0
+        return self.streak >= GOAL_STREAK
 
 
 def stopping_measure(inner) -> Callable[[Any], float]:

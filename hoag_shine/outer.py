@@ -743,8 +743,9 @@ def solve_bilevel(
             for fold_warm, result in zip(state.warm, evaluation.folds, strict=True):
                 fold_warm["coef0"] = result.coef
                 fold_warm["q0"] = result.q
-                if warm_start_memory:
-                    fold_warm["memory"] = result.inner_state.memory
+                memory = getattr(result.inner_state, "memory", None)  # NewtonCG keeps none
+                if warm_start_memory and memory is not None:
+                    fold_warm["memory"] = memory
                     fold_warm["memory_log_alpha"] = evaluation.log_alpha
 
         def final_choice(best, current, k) -> tuple[_Evaluation, int]:

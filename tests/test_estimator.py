@@ -102,6 +102,7 @@ def test_clone_keeps_every_parameter():
         LogisticRegression(C=3.0, fit_intercept=False),
         cv=0.25,
         hypergradient="cg",
+        inner_solver="lbfgs",
         outer="adam",
         init=np.array([0.5]),
         bounds=(-5.0, 5.0),
@@ -124,6 +125,28 @@ def test_clone_keeps_every_parameter():
             assert_array_equal(cloned_params[key], value)
         else:
             assert cloned_params[key] == value, key
+
+
+def test_inner_solver_choice_and_its_errors(binary_data):
+    """``"auto"``: Newton-CG for ``cg`` (its inner Hessian products show in ``n_hvp`` beside the
+    adjoint's), L-BFGS for SHINE; both solvers tune to the same penalty (the same objective)."""
+    X, y = binary_data
+    newton = _fast(LogisticRegression()).fit(X, y)
+    lbfgs = _fast(LogisticRegression(), inner_solver="lbfgs").fit(X, y)
+    # (CG counts one more product per fold for a nonzero start; cv=3)
+    assert all(r["n_hvp"] > r["cg_iter"] + 3 for r in newton.history_)
+    assert all(r["n_hvp"] <= r["cg_iter"] + 3 for r in lbfgs.history_)
+    # Newton: a few iterations per solve where L-BFGS needs more.
+    newton_iters = sum(r["inner_iter"] for r in newton.history_) / len(newton.history_)
+    lbfgs_iters = sum(r["inner_iter"] for r in lbfgs.history_) / len(lbfgs.history_)
+    assert newton_iters < lbfgs_iters
+    # The same objective: the searches end at nearby penalties (within the secant search's
+    # xtol, 0.1 in log_alpha, for a flat minimum).
+    assert abs(newton.best_log_alpha_ - lbfgs.best_log_alpha_) < 0.2
+    with pytest.raises(ValueError, match="inverse estimate"):
+        _fast(LogisticRegression(), hypergradient="shine", inner_solver="newton-cg").fit(X, y)
+    with pytest.raises(ValueError, match="inner_solver"):
+        _fast(LogisticRegression(), inner_solver="bfgs").fit(X, y)
 
 
 def test_pipeline_and_grid_search(binary_data):

@@ -29,7 +29,7 @@ from hoag_shine import (
 )
 from hoag_shine.criteria import HeldOutLogLoss, HeldOutMSE
 from hoag_shine.problems import LogisticRegressionProblem, RidgeProblem
-from hoag_shine.solvers import LBFGS
+from hoag_shine.solvers import LBFGS, NewtonCG
 
 N_TRAIN, N_VAL, N_FEATURES = 80, 40, 6
 
@@ -335,6 +335,54 @@ def test_safeguard_falls_back_when_the_tangent_says_the_sign_is_unsure(cancer):
     assert refused.info["backward"] == "shine-opa+fallback-cg"
     cg = hypergradient(inner, outer, 0.0, method="cg", tol=1e-6)
     np.testing.assert_allclose(refused.grad, cg.grad, rtol=1e-2)
+
+
+def test_cg_stops_when_the_hypergradient_is_accurate_to_grad_rtol(cancer):
+    """With the exact tangent, CG's error estimate ``t . r`` is the hypergradient's error
+    exactly (``g`` is linear in ``q``), so the goal-stopped ``g`` is within ``grad_rtol`` of
+    ``|g|`` of the exact hypergradient at the same ``w``, after fewer iterations than a
+    residual test that the goal never stops (tol 1e-10 here)."""
+    inner, outer, _, _ = cancer
+    la = -3.0  # a smaller penalty: worse conditioned, CG needs many iterations
+    plain = hypergradient(inner, outer, la, method="cg", tol=1e-10)
+    w = plain.coef
+    n = w.shape[0]
+    hessian = _dense_operator(inner.hessian_operator(w, la), n)
+    cross = np.array([float(inner.cross_vjp(w, la, e)) for e in np.eye(n)])
+    tangent = -np.linalg.solve(hessian, cross)
+    exact = -cross @ np.linalg.solve(hessian, outer.grad(w))
+    for grad_rtol in (0.1, 0.01):
+        res = hypergradient(
+            inner, outer, la, method="cg", tol=1e-10, tangent=tangent, grad_rtol=grad_rtol
+        )
+        np.testing.assert_array_equal(res.coef, w)  # the same inner solve
+        assert res.info["cg_stop"] == "hypergradient estimate"
+        assert res.info["cg_iter"] < plain.info["cg_iter"]
+        # The test holds at the returned iterate; the round-off of the dense solves is far
+        # below 1% of |g| (cond(H) ~ 1e4).
+        assert abs(float(res.grad) - exact) <= grad_rtol * abs(float(res.grad))
+    assert plain.info["cg_stop"] == "residual"
+
+
+def test_newton_cg_inner_solver_gives_the_exact_hypergradient(cancer):
+    """A NewtonCG inner solver with the CG adjoint: the same hypergradient as the reference
+    (dense solves at the exact solution), to the bound of the inner and CG tolerances."""
+    inner, outer, _, ref = cancer
+    res = hypergradient(inner, outer, 0.0, method="cg", tol=1e-10, solver=NewtonCG())
+    assert res.info["inner_converged"]
+    assert res.info["inner_iter"] < 20  # Newton: a few iterations (L-BFGS: tens)
+    # The inner solve's Hessian products are counted with the adjoint's.
+    assert res.info["n_hvp"] > res.info["cg_iter"]
+    error = hypergradient_error_bound(inner, outer, res, 0.0, cg_tol=1e-10)
+    assert np.linalg.norm(res.grad - ref["grad"]) <= error
+    assert np.linalg.norm(res.coef - ref["w"]) <= solution_error_bound(inner, res.coef, 0.0)
+
+
+@pytest.mark.parametrize("method", ["shine", "shine-opa", "shine-refine", "jacobian-free"])
+def test_newton_cg_inner_solver_refuses_methods_that_need_an_inverse_estimate(cancer, method):
+    inner, outer, _, _ = cancer
+    with pytest.raises(ValueError, match="quasi-Newton inner solver"):
+        hypergradient(inner, outer, 0.0, method=method, solver=NewtonCG())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

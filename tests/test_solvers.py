@@ -13,6 +13,7 @@ from hoag_shine.solvers import (
     LBFGS,
     Broyden,
     LBFGSMemory,
+    NewtonCG,
     conjugate_gradient,
     strong_wolfe,
 )
@@ -752,6 +753,110 @@ def test_cg_atol_and_torch(spd_system):
     res_t = conjugate_gradient(lambda v: at @ v, torch.from_numpy(b), rtol=1e-10, max_iter=1000)
     assert isinstance(res_t.x, torch.Tensor)
     np.testing.assert_allclose(res_t.x.numpy(), x_star, rtol=1e-6)
+
+
+def test_cg_stop_when_ends_the_iterations_and_says_so(spd_system):
+    a, b, _ = spd_system
+    seen = []
+
+    def stop_after_three(x, r):
+        # CG hands over its iterate and the residual b - A x of that iterate.
+        np.testing.assert_allclose(r, b - a @ x, atol=1e-8 * np.linalg.norm(b))
+        seen.append(1)
+        return len(seen) >= 3
+
+    result = conjugate_gradient(lambda v: a @ v, b, rtol=1e-12, stop_when=stop_after_three)
+    assert result.n_iter == 3 and result.stopped_early and result.converged
+    assert result.residual_norm > 1e-12 * np.linalg.norm(b)  # the residual test did not stop it
+    never = conjugate_gradient(
+        lambda v: a @ v, b, rtol=1e-8, max_iter=1000, stop_when=lambda x, r: False
+    )
+    plain = conjugate_gradient(lambda v: a @ v, b, rtol=1e-8, max_iter=1000)
+    assert never.converged and not never.stopped_early
+    np.testing.assert_array_equal(never.x, plain.x)
+
+
+# -- Newton-CG -----------------------------------------------------------------------------------
+
+
+def logistic_objective(rng, n=80, d=12, alpha=1e-2):
+    """L2-regularized logistic loss on random data: (value_and_grad, hessian_at, x_star)."""
+    X = rng.standard_normal((n, d))
+    y = (X @ rng.standard_normal(d) + 0.5 * rng.standard_normal(n) > 0).astype(float)
+
+    def value_and_grad(w):
+        z = X @ w
+        value = np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * alpha * w @ w
+        return float(value), X.T @ (1.0 / (1.0 + np.exp(-z)) - y) + alpha * w
+
+    def hessian_at(w):
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        curvature = p * (1.0 - p)
+        return lambda v: X.T @ (curvature * (X @ v)) + alpha * v
+
+    # Reference: dense Newton steps, to round-off (the objective is strictly convex).
+    x_star = np.zeros(d)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(X @ x_star)))
+        hessian = X.T @ ((p * (1.0 - p))[:, None] * X) + alpha * np.eye(d)
+        x_star = x_star - np.linalg.solve(hessian, value_and_grad(x_star)[1])
+    return value_and_grad, hessian_at, x_star
+
+
+def test_newton_cg_converges_to_the_solution_with_few_iterations():
+    value_and_grad, hessian_at, x_star = logistic_objective(np.random.default_rng(30))
+    x0 = np.zeros_like(x_star)
+    tol = 1e-10
+    state = NewtonCG(tol=tol).run(value_and_grad, x0, hessian=hessian_at)
+    assert state.converged and state.message == "gradient norm below tolerance"
+    assert state.grad_norm <= tol
+    # ||x - x*|| <= ||g|| / lambda_min(H); lambda_min >= alpha = 1e-2 (the penalty).
+    assert np.linalg.norm(state.x - x_star) <= tol / 1e-2 + 1e-9 * np.linalg.norm(x_star)
+    np.testing.assert_array_equal(x0, np.zeros_like(x_star))  # not modified
+    # Newton's local quadratic convergence: a handful of iterations, where L-BFGS needs more.
+    lbfgs = LBFGS(tol=tol).run(value_and_grad, x0)
+    assert state.n_iter < lbfgs.n_iter
+    assert state.n_fun_evals >= state.n_iter + 1 and state.n_hvp >= state.n_iter
+    assert state.n_opa_evals == 0
+
+
+def test_newton_cg_step_test_and_max_iter():
+    value_and_grad, hessian_at, x_star = logistic_objective(np.random.default_rng(31))
+    x0 = np.zeros_like(x_star)
+    # With step_tol, convergence also means a Newton step (an estimate of the distance to the
+    # solution) of at most step_tol ||x||; the step is computed to a relative residual of 1/2,
+    # so the true distance is at most twice that bound, to first order.
+    step_tol = 1e-6
+    state = NewtonCG(tol=1e-3, step_tol=step_tol).run(value_and_grad, x0, hessian=hessian_at)
+    assert state.converged and "Newton step" in state.message
+    assert np.linalg.norm(state.x - x_star) <= 2 * step_tol * np.linalg.norm(state.x) * 1.01
+    capped = NewtonCG(tol=1e-14, max_iter=1).run(value_and_grad, x0, hessian=hessian_at)
+    assert capped.n_iter == 1 and not capped.converged
+    assert capped.message == "maximum number of iterations reached"
+
+
+def test_newton_cg_torch_matches_numpy():
+    value_and_grad, hessian_at, x_star = logistic_objective(np.random.default_rng(32))
+
+    def value_and_grad_t(w):
+        value, grad = value_and_grad(w.numpy())
+        return value, torch.from_numpy(grad)
+
+    def hessian_at_t(w):
+        hvp = hessian_at(w.numpy())
+        return lambda v: torch.from_numpy(hvp(v.numpy()))
+
+    x0 = torch.zeros(x_star.shape[0], dtype=torch.float64)
+    state = NewtonCG(tol=1e-10).run(value_and_grad_t, x0, hessian=hessian_at_t)
+    assert isinstance(state.x, torch.Tensor) and state.converged
+    np.testing.assert_allclose(state.x.numpy(), x_star, atol=1e-7)
+
+
+def test_newton_cg_reports_a_non_finite_gradient():
+    state = NewtonCG(tol=1e-8).run(
+        lambda x: (float("nan"), x * np.nan), np.ones(3), hessian=lambda x: lambda v: v
+    )
+    assert not state.converged and state.message == "non-finite gradient"
 
 
 # -- strong-Wolfe line search -----------------------------------------------------------------

@@ -25,13 +25,17 @@ class CGResult:
     residual_norm : float
         ``||b - A x||`` (the recursively updated residual), in the norm of the stopping test.
     converged : bool
-        True when ``residual_norm <= max(rtol * ||b||, atol)``.
+        True when ``residual_norm <= max(rtol * ||b||, atol)``, or when ``stop_when`` ended
+        the iterations.
+    stopped_early : bool
+        True when ``stop_when`` ended the iterations.
     """
 
     x: Any
     n_iter: int
     residual_norm: float
     converged: bool
+    stopped_early: bool = False
 
 
 def conjugate_gradient(
@@ -43,6 +47,7 @@ def conjugate_gradient(
     atol: float = 0.0,
     max_iter: int | None = None,
     vector_norm: Callable[[Any], float] | None = None,
+    stop_when: Callable[[Any, Any], bool] | None = None,
 ) -> CGResult:
     """Solve ``A x = b`` for symmetric positive-definite ``A`` given as ``matvec``.
 
@@ -62,6 +67,10 @@ def conjugate_gradient(
         ``v -> float``: the norm ``||.||`` of the stopping test, e.g. a problem's
         ``relative_gradient_norm`` when ``b`` is a gradient whose blocks have different
         scales. Default: the Euclidean norm.
+    stop_when : callable, optional
+        ``(x, r) -> bool``, an extra stopping test after each iteration on the iterate and its
+        residual ``r = b - A x``, e.g. a goal-oriented test on the one quantity computed from
+        ``x`` (see :func:`~hoag_shine.hypergradient`). Default: none.
 
     Returns
     -------
@@ -84,7 +93,8 @@ def conjugate_gradient(
 
     p = r * 1.0
     n_iter = 0
-    while residual_norm() > threshold and n_iter < max_iter:
+    stopped_early = False
+    while residual_norm() > threshold and n_iter < max_iter and not stopped_early:
         ap = matvec(p)
         curvature = dot(p, ap)
         if not (math.isfinite(curvature) and curvature > 0):
@@ -96,5 +106,12 @@ def conjugate_gradient(
         p = r + (rr_new / rr) * p
         rr = rr_new
         n_iter += 1
+        stopped_early = stop_when is not None and bool(stop_when(x, r))
     residual = residual_norm()
-    return CGResult(x=x, n_iter=n_iter, residual_norm=residual, converged=residual <= threshold)
+    return CGResult(
+        x=x,
+        n_iter=n_iter,
+        residual_norm=residual,
+        converged=residual <= threshold or stopped_early,
+        stopped_early=stopped_early,
+    )
