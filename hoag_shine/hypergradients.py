@@ -330,12 +330,18 @@ def hypergradient(
         )
     notes: list[tuple[type[Warning], str]] = []
     if not state.converged:
+        if state.grad_norm <= tol:  # the step test failed: small gradient, long step
+            detail = (
+                f"relative gradient norm {state.grad_norm:.3g} <= {tol:.3g}, but the step, "
+                "the estimate of the distance to the solution, is longer than tol * ||w||"
+            )
+        else:
+            detail = f"relative gradient norm {state.grad_norm:.3g} > {tol:.3g}"
         notes.append(
             (
                 ConvergenceWarning,
-                f"Inner solver stopped before convergence ({state.message}; relative "
-                f"gradient norm {state.grad_norm:.3g} > {tol:.3g} after {state.n_iter} "
-                "iterations). "
+                f"Inner solver stopped before convergence ({state.message}; {detail} after "
+                f"{state.n_iter} iterations). "
                 "The hypergradient uses the last iterate; raise max_iter or loosen tol.",
             )
         )
