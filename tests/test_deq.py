@@ -572,6 +572,10 @@ def _ddp_worker(rank, world, init_file, out_dir):
         loss = nn.functional.cross_entropy(model(x[part]), y[part])
         loss.backward()
         torch.save([p.grad for p in model.parameters()], os.path.join(out_dir, f"{rank}.pt"))
+        # Both ranks are done communicating before either tears the group down: a rank that
+        # exits while gloo's threads still serve the other one can abort ("terminate called
+        # without an active exception", seen once in a full CI run).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
