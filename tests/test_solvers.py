@@ -852,6 +852,23 @@ def test_newton_cg_torch_matches_numpy():
     np.testing.assert_allclose(state.x.numpy(), x_star, atol=1e-7)
 
 
+def test_newton_cg_at_round_off_with_a_long_step_is_converged():
+    """A gradient below tol whose Newton step is long (vanishing curvature) and along which no
+    trial lowers the value: the solution to round-off, reported as converged, in one pass."""
+    x0 = np.ones(3)
+
+    def value_and_grad(x):
+        # Any move raises the value beyond the line search's round-off allowance.
+        return 1.0 + 1e-6 * float(np.linalg.norm(x - x0)), np.full(3, 1e-20)
+
+    state = NewtonCG(tol=1e-8, step_tol=1e-8).run(
+        value_and_grad, x0, hessian=lambda x: lambda v: 1e-30 * v
+    )
+    assert state.converged and state.n_iter == 0
+    assert state.message == "gradient norm below tolerance; no decrease along the Newton step"
+    np.testing.assert_array_equal(state.x, x0)
+
+
 def test_newton_cg_reports_a_non_finite_gradient():
     state = NewtonCG(tol=1e-8).run(
         lambda x: (float("nan"), x * np.nan), np.ones(3), hessian=lambda x: lambda v: v

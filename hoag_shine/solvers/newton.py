@@ -24,7 +24,7 @@ from typing import Any
 
 from .._array import dot, eps, norm
 from .cg import conjugate_gradient
-from .lbfgs import _clone, _evaluate
+from .lbfgs import _VALUE_NOISE, _clone, _evaluate
 from .linesearch import strong_wolfe
 
 __all__ = ["NewtonCG", "NewtonCGState"]
@@ -32,9 +32,6 @@ __all__ = ["NewtonCG", "NewtonCGState"]
 ValueAndGrad = Callable[[Any], tuple[float, Any]]
 #: ``x -> (v -> H(x) v)``: the Hessian at ``x`` as a product, built once per iteration.
 HessianAt = Callable[[Any], Callable[[Any], Any]]
-
-#: Relative value noise of the line search in float64 (see :func:`strong_wolfe`).
-_VALUE_NOISE = 1e-10
 
 
 @dataclass
