@@ -468,12 +468,9 @@ class LBFGS:
 
         while True:
             measure = self._measure(grad)
-            if not math.isfinite(measure):
-                message = "non-finite gradient"
-                break
-            small_gradient = measure <= self.tol
-            if small_gradient and self.step_tol is None:
-                converged, message = True, "gradient norm below tolerance"
+            small_gradient, stop = gradient_test(measure, self.tol, self.step_tol)
+            if stop is not None:
+                converged, message = small_gradient, stop
                 break
             if n_iter >= self.max_iter:
                 break
@@ -494,13 +491,10 @@ class LBFGS:
                 direction, slope = -grad, -(norm(grad) ** 2)
             step0 = 1.0 if mem.count > 0 else min(1.0, 1.0 / norm(grad))
 
-            def phi(t, x=x, direction=direction):
-                x_t = x + t * direction
-                v, g = _evaluate(value_and_grad, x_t)
-                return v, dot(g, direction), (x_t, g)
-
-            ls = strong_wolfe(
-                phi,
+            ls = search_along(
+                value_and_grad,
+                x,
+                direction,
                 value,
                 slope,
                 step0,
@@ -579,6 +573,32 @@ class LBFGS:
         _, grad_e = _evaluate(value_and_grad, x + e)
         mem.push(e, grad_e - grad)
         return 1
+
+
+def gradient_test(measure: float, tol: float, step_tol) -> tuple[bool, str | None]:
+    """``(small_gradient, stop)`` of a solver's gradient ``measure``: whether it is at most
+    ``tol``, and why the solver stops before another step (None: it goes on; a small gradient
+    alone stops it only without a step test)."""
+    if not math.isfinite(measure):
+        return False, "non-finite gradient"
+    small_gradient = measure <= tol
+    if small_gradient and step_tol is None:
+        return True, "gradient norm below tolerance"
+    return small_gradient, None
+
+
+def search_along(
+    value_and_grad: ValueAndGrad, x, direction, value: float, slope: float, step0: float, **options
+):
+    """The strong-Wolfe line search from ``x`` along ``direction`` (``options`` are those of
+    :func:`strong_wolfe`); the result's payload is ``(x + t direction, its gradient)``."""
+
+    def phi(t):
+        x_t = x + t * direction
+        v, g = _evaluate(value_and_grad, x_t)
+        return v, dot(g, direction), (x_t, g)
+
+    return strong_wolfe(phi, value, slope, step0, **options)
 
 
 def _evaluate(value_and_grad: ValueAndGrad, x) -> tuple[float, Any]:

@@ -24,8 +24,7 @@ from typing import Any
 
 from .._array import dot, eps, norm
 from .cg import conjugate_gradient
-from .lbfgs import _VALUE_NOISE, _clone, _evaluate
-from .linesearch import strong_wolfe
+from .lbfgs import _VALUE_NOISE, _clone, _evaluate, gradient_test, search_along
 
 __all__ = ["NewtonCG", "NewtonCGState"]
 
@@ -134,12 +133,9 @@ class NewtonCG:
         converged, message = False, "maximum number of iterations reached"
         while True:
             measure = self._measure(grad)
-            if not math.isfinite(measure):
-                message = "non-finite gradient"
-                break
-            small_gradient = measure <= self.tol
-            if small_gradient and self.step_tol is None:
-                converged, message = True, "gradient norm below tolerance"
+            small_gradient, stop = gradient_test(measure, self.tol, self.step_tol)
+            if stop is not None:
+                converged, message = small_gradient, stop
                 break
             if n_iter >= self.max_iter:
                 break
@@ -162,13 +158,10 @@ class NewtonCG:
             if not (math.isfinite(slope) and slope < 0):
                 direction, slope = -grad, -(norm(grad) ** 2)
 
-            def phi(t, x=x, direction=direction):
-                x_t = x + t * direction
-                v, g = _evaluate(value_and_grad, x_t)
-                return v, dot(g, direction), (x_t, g)
-
-            ls = strong_wolfe(
-                phi,
+            ls = search_along(
+                value_and_grad,
+                x,
+                direction,
                 value,
                 slope,
                 1.0,
