@@ -396,10 +396,9 @@ def hypergradient(
             q = run_cg(q, refine_iter, warn=False)
         if safeguard:
             verdict, scale, hq = _check_adjoint(q, v, hessian, safeguard_threshold, info, measure)
-            if verdict != "fallback" and tangent is not None and np.ndim(la) == 0:
+            if verdict != "fallback" and goal is not None:
                 used = scale if verdict == "rescale" else 1.0
-                error = abs(dot(as_like(tangent, w), used * hq - v))
-                grad = abs(float(np.sum(to_numpy(inner.cross_vjp(w, la, used * q)))))
+                error, grad = goal.estimate(used * q, used * hq - v)
                 info["grad_error_estimate"] = error
                 if error > safeguard_threshold * grad:
                     verdict = "fallback"
@@ -454,9 +453,14 @@ class _HypergradientGoal:
         self.tangent, self.rtol = tangent, rtol
         self.streak = 0
 
-    def __call__(self, q, residual) -> bool:
+    def estimate(self, q, residual) -> tuple[float, float]:
+        """``(|tangent . residual|, |g(q)|)``: the hypergradient's estimated error and size."""
         error = abs(dot(self.tangent, residual))
         grad = abs(float(np.sum(to_numpy(self.inner.cross_vjp(self.w, self.log_alpha, q)))))
+        return error, grad
+
+    def __call__(self, q, residual) -> bool:
+        error, grad = self.estimate(q, residual)
         self.streak = self.streak + 1 if error <= self.rtol * grad else 0
         return self.streak >= GOAL_STREAK
 
