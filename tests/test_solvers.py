@@ -835,6 +835,34 @@ def test_newton_cg_step_test_and_max_iter():
     assert capped.message == "maximum number of iterations reached"
 
 
+def test_newton_cg_step_test_shares_the_iteration_cg_solve():
+    """A step test that fails costs no Hessian product of its own: the iteration's single CG
+    solve checks the step's length on its way to the forcing term (not a solve to 1/2 and a
+    restarted one)."""
+    rng = np.random.default_rng(33)
+    M = rng.standard_normal((40, 40))
+    A = M @ M.T + 0.1 * np.eye(40)
+    b = rng.standard_normal(40)
+
+    def value_and_grad(x):
+        return 0.5 * float(x @ A @ x) - float(b @ x), A @ x - b
+
+    x0 = np.ones(40)
+    # The gradient test always holds and the step test never does: one iteration, whose CG
+    # runs to the first forcing term, 1/2.
+    state = NewtonCG(tol=1e10, step_tol=1e-300, max_iter=1).run(
+        value_and_grad, x0, hessian=lambda x: lambda v: A @ v
+    )
+    alone = conjugate_gradient(lambda v: A @ v, -value_and_grad(x0)[1], rtol=0.5)
+    assert state.n_iter == 1 and state.n_hvp == alone.n_iter
+    # A step test that holds ends the run at that same CG iterate, without a step.
+    settled = NewtonCG(tol=1e10, step_tol=1e300).run(
+        value_and_grad, x0, hessian=lambda x: lambda v: A @ v
+    )
+    assert settled.converged and settled.n_iter == 0 and settled.n_hvp == alone.n_iter
+    np.testing.assert_array_equal(settled.x, x0)
+
+
 def test_newton_cg_torch_matches_numpy():
     value_and_grad, hessian_at, x_star = logistic_objective(np.random.default_rng(32))
 

@@ -95,7 +95,9 @@ class NewtonCG:
         its units), e.g. a problem's ``relative_gradient_norm``. Default: the Euclidean norm.
     step_tol : float, optional
         Also require the Newton step, an estimate of the distance to the solution, to be at
-        most ``step_tol * ||x||`` (computed anyway for the next iteration).
+        most ``step_tol * ||x||``: once the gradient test holds, each iteration's CG solve
+        checks the length of its first iterate with a residual of at most half the gradient
+        on its way to the forcing term, and ends the run there when it is short enough.
     """
 
     tol: float = 1e-6
@@ -140,20 +142,21 @@ class NewtonCG:
             if n_iter >= self.max_iter:
                 break
             hvp = hessian(x)
-            start = None
-            if small_gradient:
-                # The step test needs the step's length, not its direction: a loose solve tells
-                # it (CG's iterates grow in norm from zero), and seeds the solve for the step.
-                start, products = self._newton_direction(hvp, grad, 0.5)
-                n_hvp += products
-                if norm(start) <= self.step_tol * norm(x):
-                    converged, message = True, "gradient norm and Newton step below tolerance"
-                    break
             if first_measure is None:
                 first_measure = max(measure, 1e-300)
             forcing = min(0.5, math.sqrt(measure / first_measure))
-            direction, products = self._newton_direction(hvp, grad, forcing, start)
+            # The step test needs the step's length, not its direction: CG's iterates grow in
+            # norm from zero, and once the residual is down to half the gradient the iterate's
+            # length tells the step's. One CG solve serves both: it stops there when the step
+            # is short enough, and otherwise goes on to the forcing term without a restart.
+            settled = self._step_settled(x, measure) if small_gradient else None
+            direction, products, step_is_short = self._newton_direction(
+                hvp, grad, forcing, settled
+            )
             n_hvp += products
+            if step_is_short:
+                converged, message = True, "gradient norm and Newton step below tolerance"
+                break
             slope = dot(grad, direction)
             if not (math.isfinite(slope) and slope < 0):
                 direction, slope = -grad, -(norm(grad) ** 2)
@@ -196,17 +199,34 @@ class NewtonCG:
             message=message,
         )
 
-    def _newton_direction(self, hvp, grad, rtol: float, start=None) -> tuple[Any, int]:
-        """CG on ``H p = -g`` to relative residual ``rtol``; ``p`` and the products spent."""
+    def _newton_direction(self, hvp, grad, rtol: float, stop_when=None) -> tuple[Any, int, bool]:
+        """CG on ``H p = -g`` to relative residual ``rtol``: ``p``, the products spent, and
+        whether ``stop_when`` ended it."""
         result = conjugate_gradient(
             hvp,
             -grad,
-            start,
             rtol=rtol,
             max_iter=self.max_cg_iter,
             vector_norm=self.gradient_norm,
+            stop_when=stop_when,
         )
-        return result.x, result.n_iter + (start is not None)
+        return result.x, result.n_iter, result.stopped_early
+
+    def _step_settled(self, x, measure: float) -> Callable[[Any, Any], bool]:
+        """CG's ``stop_when`` for the step test at ``x``: true at the first iterate whose
+        residual is at most half the gradient (``measure``) when that iterate is at most
+        ``step_tol * ||x||`` long; never true after that first such iterate."""
+        limit = self.step_tol * norm(x)
+        checked = False
+
+        def settled(p, residual) -> bool:
+            nonlocal checked
+            if checked or self._measure(residual) > 0.5 * measure:
+                return False
+            checked = True
+            return norm(p) <= limit
+
+        return settled
 
     def _measure(self, grad) -> float:
         """The norm of the stopping test."""
