@@ -150,9 +150,7 @@ class NewtonCG:
             # length tells the step's. One CG solve serves both: it stops there when the step
             # is short enough, and otherwise goes on to the forcing term without a restart.
             settled = self._step_settled(x, measure) if small_gradient else None
-            direction, products, step_is_short = self._newton_direction(
-                hvp, grad, forcing, settled
-            )
+            direction, products, step_is_short = self._newton_direction(hvp, grad, forcing, settled)
             n_hvp += products
             if step_is_short:
                 converged, message = True, "gradient norm and Newton step below tolerance"
