@@ -341,8 +341,12 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         Early stopping: the search ends when this many outer iterations in a row have not
         lowered the best cross-validated loss by more than ``outer_tol`` (relative). None runs
         all ``max_outer_iter`` iterations.
-    outer_tol : float, default=1e-4
-        Relative decrease of the best cross-validated loss that counts as progress.
+    outer_tol : float, default=1e-3
+        Relative decrease of the best cross-validated loss that counts as progress (and the
+        secant search's stop on its model's predicted decrease). A held-out loss carries a
+        sampling error far above it: its standard error, the per-sample losses' standard
+        deviation over ``sqrt(n_samples)``, is 12% of the log-loss on a 20news validation fold
+        of 943 documents. :func:`~hoag_shine.solve_bilevel` defaults to 1e-4.
     tol : float or ToleranceSchedule, default=None
         Inner tolerance: a :class:`~hoag_shine.ToleranceSchedule`, or the first tolerance of the
         default schedule for ``hypergradient`` and the inner solver
@@ -477,7 +481,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         bounds=(-25.0, 25.0),
         max_outer_iter=30,
         n_iter_no_change=5,
-        outer_tol=1e-4,
+        outer_tol=1e-3,
         tol=None,
         per_feature=False,
         n_jobs=None,

@@ -261,6 +261,11 @@ class _GradientSteps:
         return True, False
 
 
+#: A decrease of the outer loss of this fraction of its first value is a real minimum ahead for
+#: the expansion of the secant search (see ``_Bracketing.update``), whatever ``outer_tol``.
+_REAL_DECREASE = 1e-4
+
+
 @dataclass
 class _Bracketing:
     """Safeguarded secant search for the minimizer of the outer loss over a scalar ``log_alpha``.
@@ -386,11 +391,13 @@ class _Bracketing:
         # crawled. In a tail |slope| decays geometrically (log |slope| falls at a steady
         # rate); toward a zero log |slope| falls faster and faster. So when the rate has
         # grown (1.5 times the last expansion's) and the secant promises a decrease that
-        # counts (``ftol`` times the first loss) on the way to its zero, the floor is the
-        # shorter of the last move and the first step. (On 20news a move of 4 that cut the
-        # slope 15-fold, at three times the rate before, was followed by another of 4, far
-        # beyond the minimizer 0.75 away: a rejected trial that cost 14% of the search. On
-        # separable data the loss falls to 1e-7 and beyond, where nothing counts.)
+        # counts on the way to its zero (``ftol`` times the first loss, at most
+        # ``_REAL_DECREASE`` of it: a stop's loose tolerance does not make a minimum ahead
+        # less real), the floor is the shorter of the last move and the first step. (On
+        # 20news a move of 4 that cut the slope 15-fold, at three times the rate before, was
+        # followed by another of 4, far beyond the minimizer 0.75 away: a rejected trial that
+        # cost 14% of the search. On separable data the loss falls to 1e-7 and beyond, where
+        # nothing counts.)
         distance, g_a = abs(t - a), float(best.grad)
         if 0 < abs(g_t) < abs(g_a):
             to_zero = abs(g_t) * distance / (abs(g_a) - abs(g_t))
@@ -399,7 +406,7 @@ class _Bracketing:
             heading_for_zero = (
                 self.decay_rate is not None
                 and rate > 1.5 * self.decay_rate
-                and promised >= self.ftol * self.loss_scale
+                and promised >= min(self.ftol, _REAL_DECREASE) * self.loss_scale
             )
             floor = min(distance, self.min_step) if heading_for_zero else distance
             self.decay_rate = rate

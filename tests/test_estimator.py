@@ -593,13 +593,13 @@ def test_callbacks_stop_early(binary_data):
     def stop_at_two(record):
         return record["iteration"] >= 2
 
-    est = _fast(LogisticRegression(), max_outer_iter=30, callbacks=[seen.append, stop_at_two]).fit(
-        X, y
-    )
+    # outer_tol=0: the search itself does not stop before the callback does.
+    options = dict(max_outer_iter=30, outer_tol=0.0)
+    est = _fast(LogisticRegression(), callbacks=[seen.append, stop_at_two], **options).fit(X, y)
     assert est.n_outer_iter_ == 3
     assert len(seen) == 3
     assert est.stop_message_ == "stopped by callback"
-    single = _fast(LogisticRegression(), max_outer_iter=30, callbacks=stop_at_two).fit(X, y)
+    single = _fast(LogisticRegression(), callbacks=stop_at_two, **options).fit(X, y)
     assert single.n_outer_iter_ == 3
 
 

@@ -949,3 +949,9 @@ def test_expansion_is_cautious_only_when_the_slope_heads_for_a_zero():
     promised = 0.5 * 4.5e-3 * to_zero
     assert step_after(rate / 1.6, loss_scale=1.01 * promised / 1e-4) == 4.0  # nothing counts
     assert step_after(rate / 1.6, loss_scale=0.99 * promised / 1e-4) == 1.0
+    # A looser stop (the estimator's outer_tol=1e-3) does not make the same minimum ahead
+    # count less: the threshold is at most 1e-4 of the first loss.
+    assert step_after(rate / 1.6, loss_scale=0.99 * promised / 1e-4, ftol=1e-3) == 1.0
+    assert step_after(rate / 1.6, loss_scale=1.01 * promised / 1e-4, ftol=1e-3) == 4.0
+    assert step_after(rate / 1.6, loss_scale=0.99 * promised / 1e-5, ftol=1e-5) == 1.0
+    assert step_after(rate / 1.6, loss_scale=1.01 * promised / 1e-5, ftol=1e-5) == 4.0
