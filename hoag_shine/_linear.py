@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 __all__ = ["LinearDesign"]
 
@@ -23,9 +22,12 @@ class LinearDesign:
         self.n_samples, self.n_features = X.shape
         self.n_outputs = int(n_outputs)
         self.n_coef = self.n_features * self.n_outputs
-        # X.T of a CSR matrix is CSC, whose product scatters; a CSR copy of the transpose
-        # gathers and is faster (one extra copy of the nonzeros, still sparse).
-        self._XT = X.T.tocsr() if sp.issparse(X) else X.T
+        # X.T of a CSR matrix is a CSC view of the same arrays (no copy). Alone, its product
+        # (a scatter) is 5-10% slower than a CSR copy's (a gather); but a gradient or a Hessian
+        # product runs X @ w and then X.T @ r, and the second then reads the nonzeros the first
+        # just brought into the cache: on 20news the pair took 4.7 ms against 6.3 ms with a copy
+        # (two arrays of 31 MB each), and the estimator's fits 25% less time.
+        self._XT = X.T
 
     def has_intercept(self, w: np.ndarray) -> bool:
         if w.shape == (self.n_coef,):

@@ -9,7 +9,8 @@ problem classes, which own the products with ``X``:
   and :class:`~hoag_shine.problems.RidgeProblem` (binary and multinomial logistic, scalar or
   per-feature penalty, optional intercepts, sample weights), computed with torch on a device.
   ``X`` may be dense or sparse: scipy.sparse and torch sparse inputs become a torch sparse CSR
-  tensor (with a CSR copy of ``X^T``, as the numpy backend keeps one).
+  tensor (with a CSR copy of ``X^T``; the numpy backend uses the CSC view ``X.T``, see
+  ``docs/decisions.rst``).
 - :class:`TorchHeldOutLogLoss` and :class:`TorchHeldOutMSE` mirror
   :class:`~hoag_shine.criteria.HeldOutLogLoss` and :class:`~hoag_shine.criteria.HeldOutMSE`.
 - :class:`TorchProblem` and :class:`TorchCriterion` turn any differentiable torch function
