@@ -282,6 +282,8 @@ def test_dense_and_sparse_give_identical_results(kind, per_feature, fit_intercep
         problem = PROBLEMS[kind](X=data, y=y, fit_intercept=fit_intercept, per_feature=per_feature)
         assert sp.issparse(problem.X)
         assert problem.X.format == "csr"
+        # X.T @ r runs on a view of X's nonzeros, not on a transposed copy.
+        assert np.shares_memory(problem.design._XT.data, problem.X.data)
         value, grad = problem.value_and_grad(w, log_alpha)
         dense_value, dense_grad = dense_problem.value_and_grad(w, log_alpha)
         assert value == pytest.approx(dense_value, rel=1e-13)
