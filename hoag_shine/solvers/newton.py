@@ -5,11 +5,11 @@ relative residual ``min(0.5, sqrt(m(g) / m(g0)))`` (a forcing term in the manner
 and Walker: loose far from the solution, superlinear near it; relative to the solve's first
 gradient ``g0``, so that it does not depend on the gradient's scale and a warm start does not
 begin with an accurate, costly solve along low-curvature directions), stopping early at a
-direction of non-positive
-curvature, and then takes a strong-Wolfe step along ``p`` from ``t = 1``. On ill-conditioned
-problems (a small L2 penalty on sparse text features) it needs a few Newton iterations where
-L-BFGS needs hundreds: the CG iterations inside follow the Hessian's spectrum at the current
-point, while a limited memory cannot hold its low-curvature directions.
+direction of non-positive curvature, and then takes a strong-Wolfe step along ``p`` from
+``t = 1``. On ill-conditioned problems (a small L2 penalty on sparse text features) it needs a
+few Newton iterations where L-BFGS needs hundreds: the CG iterations inside follow the
+Hessian's spectrum at the current point, while a limited memory cannot hold its low-curvature
+directions.
 
 The solver keeps no inverse estimate: SHINE needs a quasi-Newton solver. It serves the ``cg``
 hypergradient (whose adjoint solve uses the same Hessian products) and refits.
