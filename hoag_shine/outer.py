@@ -170,7 +170,8 @@ class BilevelResult:
         ``time`` (seconds since the start), ``log_alpha``, ``outer_loss``, ``grad_norm``,
         ``inner_iter``, ``inner_tol``, ``n_fun_evals``, ``n_opa_evals`` (extra gradient
         evaluations), ``n_hvp``, ``cg_iter``, ``backward``, ``n_fallbacks``, ``step_size``
-        (HOAG's, gd's or Adam's step parameter; for the secant search, the length moved),
+        (HOAG's, gd's or Adam's step parameter; for the secant search, the length moved: 0
+        for the best point evaluated again before a stop, see ``_Bracketing``),
         ``accepted`` (the point became the current one; for the secant search, the best one)
         and ``outer_loss_error`` (the first-order error of ``outer_loss``).
     n_iter : int
@@ -288,6 +289,17 @@ class _Bracketing:
       the best point of less than ``ftol`` times its loss (``g^2 / 2h``, with ``g`` the best
       point's slope and ``h`` the secant's curvature): the rest of the bracket cannot lower
       the loss by what counts as progress.
+    - That last stop rests on the sign of the best point's slope. A point measured during the
+      expansion was solved at the loose tolerance that the slope predicted there needs; when
+      its slope turns out much smaller, that tolerance does not resolve its sign. So before
+      the model stop is taken, a best point solved at more than ten times the tolerance that
+      the search's rule now asks for at that point (:meth:`slope_scale`) is evaluated again
+      at that tolerance (once per point; the rule itself has a wide margin, so a zoom trial
+      whose tolerance followed the previous best point's slope is not evaluated twice). When
+      its slope then leads away from the other end, the bracket rested on a wrong sign: it is
+      dropped and the expansion resumes from the point. (On 20news, SHINE-OPA stopped at
+      C = 148, measured at tolerance 6e-4 with a slope of the wrong sign and a loss 3% off;
+      the minimizer lay at C = 255.)
 
     Every trial lies inside the bracket or one step beyond the best point, so the search
     cannot wander away from what it found.
@@ -307,6 +319,8 @@ class _Bracketing:
     message: str = ""
     last_width: float = math.inf
     slow_steps: int = 0  # zoom steps in a row that did not halve the bracket
+    model_stop: bool = False  # the last proposal was the stop on the bracket's secant model
+    remeasured_at: float = math.nan  # the last point evaluated again (once per point)
 
     def slope_scale(self, best: _Evaluation, point, history) -> float:
         """The magnitude of hypergradient whose sign the trial at ``point`` must get right.
@@ -335,6 +349,7 @@ class _Bracketing:
 
     def propose(self, best: _Evaluation) -> np.ndarray | None:
         a, g_a = float(best.log_alpha), float(best.grad)
+        self.model_stop = False
         if self.other is not None:
             b, g_b = float(self.other.log_alpha), float(self.other.grad)
             width = abs(b - a)
@@ -346,6 +361,7 @@ class _Bracketing:
                 decrease = 0.5 * g_a**2 / curvature
                 if decrease < self.ftol * abs(float(best.value)):
                     self.message = f"bracket's predicted decrease below outer_tol ({decrease:.3g})"
+                    self.model_stop = True
                     return None
             # Secant steps can shrink a bracket from one side only (regula falsi): after a
             # step that did not halve it, step twice as far from the best point, to cross the
@@ -370,6 +386,32 @@ class _Bracketing:
             self.message = "on a bound, the hypergradient pointing beyond it"
             return None
         return np.asarray(t)
+
+    def needs_remeasure(self, best: _Evaluation, required_tol: float) -> bool:
+        """Whether the model stop must first evaluate ``best`` again, at ``required_tol`` (the
+        tolerance the search's rule asks for at ``best`` now): True when ``best`` was solved
+        at more than ten times that tolerance and was not evaluated again already."""
+        return (
+            self.model_stop
+            and best.inner_tol > 10.0 * required_tol
+            and float(best.log_alpha) != self.remeasured_at
+        )
+
+    def remeasured(self, trial: _Evaluation) -> bool:
+        """Adopt ``trial``, the best point evaluated again, as the best point (returns True).
+
+        When its slope now leads away from the other end, the bracket rested on a wrong sign:
+        it is dropped, and the expansion starts again from the point with the first step.
+        """
+        self.remeasured_at = a = float(trial.log_alpha)
+        g = float(trial.grad)
+        if self.other is not None and g != 0.0:
+            toward_other = float(self.other.log_alpha) > a
+            if (g < 0) != toward_other:
+                self.other, self.decay_rate = None, None
+                self.step = min(self.step, self.min_step)
+                self.last_width, self.slow_steps = math.inf, 0
+        return True
 
     def update(self, best: _Evaluation, trial: _Evaluation) -> bool:
         """Place ``trial``; return True when it becomes the best point."""
@@ -674,7 +716,7 @@ def solve_bilevel(
 
     with Parallel(n_jobs=n_jobs) as parallel:
 
-        def evaluate(point, k) -> _Evaluation:
+        def inner_tol(point, k) -> float:
             tol = schedule(k) * state.tol_factor
             if optimizer == "secant" and state.history:
                 # The sign of the hypergradient decides the secant search, and its error is
@@ -687,7 +729,10 @@ def solve_bilevel(
                 # (at most 1000 times tighter than the schedule's start: a hypergradient that
                 # vanishes on a flat loss does not call for round-off-level solves)
                 tol = min(tol, schedule.initial * max(ratio, 1e-3))
-            tol = max(tol, schedule.floor)
+            return max(tol, schedule.floor)
+
+        def evaluate(point, k) -> _Evaluation:
+            tol = inner_tol(point, k)
             fold_options = {**options, "tol": tol}
             warm = [dict(fold_warm) for fold_warm in state.warm]
             predicted = _predicted_start(state.path, point) if predict_path else None
@@ -702,6 +747,8 @@ def solve_bilevel(
                 delayed(_evaluate_fold)(i, o, point, w, fold_options)
                 for i, o, w in zip(inners, outers, warm, strict=True)
             )
+            # (a point evaluated again replaces its earlier, less precise, solution)
+            state.path[:] = [entry for entry in state.path if np.any(entry[0] != point)]
             state.path.append(
                 (
                     np.array(point, dtype=np.float64),
@@ -818,6 +865,11 @@ def solve_bilevel(
                     candidate = search.propose(state.best)
                 else:
                     candidate = search.propose(current, state.best, low, high, xtol)
+                remeasure = False
+                if candidate is None and optimizer == "secant":
+                    point = state.best.log_alpha
+                    remeasure = search.needs_remeasure(state.best, inner_tol(point, k))
+                    candidate = point if remeasure else None
                 if candidate is None:
                     message = search.message
                     break
@@ -828,7 +880,10 @@ def solve_bilevel(
                 else:
                     used_step = search.step
                 if optimizer == "secant":
-                    accepted = search.update(state.best, trial)
+                    if remeasure:
+                        accepted = search.remeasured(trial)
+                    else:
+                        accepted = search.update(state.best, trial)
                     # Every point is the nearest warm start for the next one (inside the
                     # bracket or beyond the best point), and the last is the final candidate.
                     state.current = trial

@@ -109,7 +109,11 @@ def check_history(result, max_iter, bounds=(-25.0, 25.0)):
         assert math.isfinite(record["outer_loss"]) and math.isfinite(record["grad_norm"])
         assert record["inner_iter"] >= 0 and record["n_opa_evals"] >= 0
         assert isinstance(record["accepted"], bool)
-        assert record["step_size"] > 0
+        # (0 only for a point evaluated again, which the secant search may do before its stop)
+        evaluated_before = any(
+            np.array_equal(r["log_alpha"], record["log_alpha"]) for r in history[:k]
+        )
+        assert record["step_size"] > 0 or (record["step_size"] == 0 and evaluated_before)
     # The result is the lowest-loss record or the last accepted iterate (whichever is lower when
     # both are evaluated again at the final tolerance); its value is that re-evaluation.
     losses = [record["outer_loss"] for record in history]
@@ -920,6 +924,48 @@ def test_secant_search_stops_when_the_bracket_promises_less_than_outer_tol():
         search.other = _Evaluation(np.array(-5.0), loss + 1e-3, np.array(slope_b), [], 1e-3)
         best = _Evaluation(np.array(-6.0), loss, np.array(slope_a), [], 1e-3)
         assert search.propose(best) is not None
+
+
+def test_model_stop_first_measures_a_loosely_solved_best_point_again():
+    """The model stop trusts the sign of the best point's slope. A best point solved at more
+    than ten times the tolerance the search's rule asks for there is evaluated again first
+    (once); when its slope then leads away from the other end, the bracket is dropped and the
+    expansion resumes from it with the first step. The 20news case: SHINE-OPA's point at -5,
+    solved at 6e-4 with a small slope of the wrong sign, closed a bracket with -1."""
+    from hoag_shine.outer import _Bracketing, _Evaluation
+
+    def point(x, value, slope, tol):
+        return _Evaluation(np.array(x), value, np.array(slope), [], tol)
+
+    def stopped_search():
+        search = _Bracketing(step=4.0, low=-25.0, high=25.0, xtol=0.1, ftol=1e-4, min_step=1.0)
+        search.other = point(-1.0, 0.22, 6.5e-2, 8e-4)
+        best = point(-5.0, 0.112, -1e-5, 6e-4)
+        assert search.propose(best) is None and search.model_stop
+        return search, best
+
+    search, best = stopped_search()
+    assert not search.needs_remeasure(best, required_tol=6.1e-5)  # within ten times: stop
+    assert search.needs_remeasure(best, required_tol=5.9e-5)
+    # Measured again: the slope is positive, leading away from the other end (at -1).
+    again = point(-5.0, 0.109, 3.5e-3, 5.9e-5)
+    assert search.remeasured(again)
+    assert search.other is None and search.step == 1.0
+    assert float(search.propose(again)) == pytest.approx(-6.0)  # the expansion goes on
+    # Once per point: a second model stop at the same point is taken.
+    search.other = point(-6.0, 0.1095, -3e-3, 5e-5)
+    flat = point(-5.0, 0.109, 1e-5, 5.9e-5)
+    assert search.propose(flat) is None and search.model_stop
+    assert not search.needs_remeasure(flat, required_tol=1e-9)
+    # A slope that still leads toward the other end keeps the bracket.
+    search, best = stopped_search()
+    assert search.needs_remeasure(best, required_tol=1e-6)
+    kept = point(-5.0, 0.109, -2e-6, 1e-6)
+    assert search.remeasured(kept) and search.other is not None
+    # Other stops (here a bracket narrower than xtol) never measure again.
+    search.other = point(-5.05, 0.1095, 1e-3, 1e-3)
+    assert search.propose(kept) is None and not search.model_stop
+    assert not search.needs_remeasure(kept, required_tol=1e-12)
 
 
 def test_expansion_is_cautious_only_when_the_slope_heads_for_a_zero():
