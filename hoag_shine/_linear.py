@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 __all__ = ["LinearDesign"]
 
@@ -22,6 +23,7 @@ class LinearDesign:
         self.n_samples, self.n_features = X.shape
         self.n_outputs = int(n_outputs)
         self.n_coef = self.n_features * self.n_outputs
+        self.is_sparse = sp.issparse(X)
         # X.T of a CSR matrix is a CSC view of the same arrays (no copy). Alone, its product
         # (a scatter) is 5-10% slower than a CSR copy's (a gather); but a gradient or a Hessian
         # product runs X @ w and then X.T @ r, and the second then reads the nonzeros the first

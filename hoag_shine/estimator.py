@@ -48,7 +48,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from ._array import namespace, to_numpy
+from ._array import limit_blas_threads, namespace, to_numpy
 from .backends import BACKENDS, check_backend, make_criterion, make_problem
 from .criteria import HeldOutLogLoss, HeldOutMSE
 from .hypergradients import METHODS, stopping_measure
@@ -808,16 +808,17 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         xp = namespace(*result.coef)  # numpy arrays or torch tensors (on the device)
         starts = [xp.mean(xp.stack(result.coef), axis=0), problem.init_coef()]
         state = None
-        for coef0 in starts:
-            attempt = solver.run(
-                lambda w: problem.value_and_grad(w, log_alpha),
-                coef0,
-                hessian=lambda w: problem.hessian_operator(w, log_alpha),
-            )
-            if state is None or attempt.grad_norm < state.grad_norm:
-                state = attempt
-            if attempt.converged:
-                break
+        with limit_blas_threads(getattr(problem, "blas_threads", None)):
+            for coef0 in starts:
+                attempt = solver.run(
+                    lambda w: problem.value_and_grad(w, log_alpha),
+                    coef0,
+                    hessian=lambda w: problem.hessian_operator(w, log_alpha),
+                )
+                if state is None or attempt.grad_norm < state.grad_norm:
+                    state = attempt
+                if attempt.converged:
+                    break
         if not state.converged:
             warnings.warn(
                 f"The refit on all the data stopped before convergence ({state.message}; "

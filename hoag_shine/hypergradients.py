@@ -44,6 +44,7 @@ device, ``log_alpha`` and the hypergradient live on the host as numpy arrays.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -54,7 +55,7 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from ._array import all_finite, as_like, copy, dot, norm, to_numpy
+from ._array import all_finite, as_like, copy, dot, limit_blas_threads, norm, to_numpy
 from .solvers import LBFGS, LBFGSMemory, LBFGSState, NewtonCG, conjugate_gradient
 
 __all__ = [
@@ -179,6 +180,19 @@ def default_solver(method: str, n_params: int | None = None) -> LBFGS:
     return LBFGS(memory_size=10)
 
 
+def _with_problem_blas_threads(function):
+    """Run ``function(inner, ...)`` under the BLAS thread limit ``inner.blas_threads`` (none
+    when the problem has no such attribute, e.g. the torch problems)."""
+
+    @functools.wraps(function)
+    def wrapper(inner, *args, **kwargs):
+        with limit_blas_threads(getattr(inner, "blas_threads", None)):
+            return function(inner, *args, **kwargs)
+
+    return wrapper
+
+
+@_with_problem_blas_threads
 def hypergradient(
     inner,
     outer,

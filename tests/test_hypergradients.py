@@ -844,3 +844,51 @@ def test_invalid_tol(tol):
     inner, outer, _ = make_problem("ridge")
     with pytest.raises(ValueError, match="tol"):
         hypergradient(inner, outer, 0.0, method="cg", tol=tol)
+
+
+# --------------------------------------------------------------------------------------------
+# BLAS threads
+# --------------------------------------------------------------------------------------------
+def _blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    info = threadpoolctl.threadpool_info()
+    return {lib["num_threads"] for lib in info if lib["user_api"] == "blas"}
+
+
+def _blas_threads_during_solve(X, y, X_val, y_val):
+    """BLAS thread counts before, during (at every inner evaluation) and after a hypergradient
+    called under a limit of two threads."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+
+    class Recording(LogisticRegressionProblem):
+        def value_and_grad(self, w, log_alpha):
+            seen.append(_blas_threads())
+            return super().value_and_grad(w, log_alpha)
+
+    inner = Recording(X, y, fit_intercept=True)
+    outer = HeldOutLogLoss(X_val, y_val, classes=inner.classes_)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        hypergradient(inner, outer, 0.0, method="shine", tol=1e-6)
+        after = _blas_threads()
+    if before != {2}:
+        pytest.skip(f"no BLAS library that threadpoolctl can set to two threads ({before})")
+    return before, set().union(*seen), after
+
+
+def test_sparse_problems_solve_under_one_blas_thread(cancer):
+    """A sparse X runs its products in single-threaded sparse kernels and BLAS only serves vector
+    operations: the solve runs with one BLAS thread, and the caller's setting comes back."""
+    X, y, X_val, y_val = cancer[2]
+    before, during, after = _blas_threads_during_solve(
+        sp.csr_matrix(X), y, sp.csr_matrix(X_val), y_val
+    )
+    assert during == {1}
+    assert after == before
+
+
+def test_dense_problems_keep_the_callers_blas_threads(cancer):
+    X, y, X_val, y_val = cancer[2]
+    before, during, after = _blas_threads_during_solve(X, y, X_val, y_val)
+    assert during == before == after
