@@ -343,10 +343,18 @@ class _PenalizedLinearProblem(_BlockTolerance):
         penalty = self.penalty_weights(log_alpha)
         loss_hessian = self._loss_hessian(self.design.decision(w))
         design, intercept, weighted = self.design, self.fit_intercept, self._weighted
+        n_coef = design.n_coef
+        alpha = None if self.per_feature else float(penalty[0])
 
         def hvp(v):
             dz = weighted(loss_hessian(design.decision(v)))
-            return design.transpose_product(dz, intercept) + penalty * v
+            result = design.transpose_product(dz, intercept)
+            # The penalty's part in place (no temporary of the size of v beyond axpy's).
+            if alpha is None:
+                result += penalty * v
+            else:
+                axpy(alpha, v[:n_coef], result[:n_coef])
+            return result
 
         return hvp
 
@@ -391,9 +399,10 @@ class _PenalizedLinearProblem(_BlockTolerance):
         w = self._check_coef(w)
         n_coef = self.design.n_coef
         penalty = self.penalty_weights(log_alpha)[:n_coef]
-        per_coord = penalty * w[:n_coef] * np.asarray(q, dtype=np.float64)[:n_coef]
-        if not self.per_feature:
-            return np.asarray(per_coord.sum())
+        q = np.asarray(q, dtype=np.float64)[:n_coef]
+        if not self.per_feature:  # one dot product (CG's goal test calls this every iteration)
+            return np.asarray(float(penalty[0]) * float(np.dot(w[:n_coef], q)))
+        per_coord = penalty * w[:n_coef] * q
         return per_coord.reshape(self.n_features, self.n_outputs).sum(axis=1)
 
 

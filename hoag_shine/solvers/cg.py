@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import dot, norm
+from .._array import axpy, dot, norm
 
 __all__ = ["CGResult", "conjugate_gradient"]
 
@@ -100,10 +100,12 @@ def conjugate_gradient(
         if not (math.isfinite(curvature) and curvature > 0):
             break
         step = rr / curvature
-        x += step * p
-        r -= step * ap
+        axpy(step, p, x)
+        axpy(-step, ap, r)
         rr_new = dot(r, r)
-        p = r + (rr_new / rr) * p
+        # p = r + beta p, in place (no new vector per iteration)
+        p *= rr_new / rr
+        p += r
         rr = rr_new
         n_iter += 1
         stopped_early = stop_when is not None and bool(stop_when(x, r))
