@@ -148,7 +148,16 @@ class _Curve:
 
 
 #: Per-evaluation counts recorded with each point of a gradient method's curve.
-_COUNTS = ("inner_iter", "n_fun_evals", "n_opa_evals", "n_hvp", "cg_iter", "inner_tol")
+_COUNTS = (
+    "inner_iter",
+    "n_fun_evals",
+    "n_opa_evals",
+    "n_hvp",
+    "cg_iter",
+    "inner_tol",
+    "time_inner",
+    "time_backward",
+)
 
 
 def _run_gradient(method, data, window, max_iter):
@@ -196,6 +205,9 @@ def _run_gradient(method, data, window, max_iter):
         "message": result.message,
         "inner_iter": int(sum(r["inner_iter"] for r in result.history)),
         "median_inner_iter": float(np.median([r["inner_iter"] for r in result.history])),
+        # What a free backward pass could save at most (SHINE's promise): its share of the time
+        "time_backward": float(sum(r["time_backward"] for r in result.history)),
+        "time_inner": float(sum(r["time_inner"] for r in result.history)),
     }
 
 
@@ -502,7 +514,8 @@ def summarize(runs: Sequence[dict[str, Any]], suboptimality: float = 0.01) -> di
         ``per_competitor``: median final test loss, time, C, median time to reach the
         suboptimality, how many seeds reach it and end within it, how many end worse than
         the best point they were credited with (by more than 0.1%), and for the gradient
-        methods the median inner iterations per outer iteration; ``ratios``:
+        methods the median inner iterations per outer iteration and the median share of the
+        time spent in backward passes (``median_backward_share``); ``ratios``:
         ``estimator_time_over_lrcv`` and ``_lrcv_default``, ``estimator_loss_over_lrcv`` and
         ``_lrcv_default``, ``shine_opa_over_cg_time_to_reach`` (medians of per-seed ratios,
         when both ran; a seed on which neither reaches the threshold is left out, one on which
@@ -538,6 +551,10 @@ def summarize(runs: Sequence[dict[str, Any]], suboptimality: float = 0.01) -> di
         if "median_inner_iter" in finals[0]:
             per_competitor[name]["median_inner_iter_per_outer"] = float(
                 np.median([f["median_inner_iter"] for f in finals])
+            )
+        if "time_backward" in finals[0]:
+            per_competitor[name]["median_backward_share"] = float(
+                np.median([f["time_backward"] / f["time"] for f in finals])
             )
 
     def per_seed(name):
@@ -722,21 +739,26 @@ def format_summary(result: dict[str, Any]) -> str:
     summary = result["summary"]
     lines = [
         f"{'competitor':<14} {'seeds':>5} {'test loss':>10} {'time (s)':>9} {'C':>10} "
-        f"{'reach (s)':>10} {'reached':>7} {'ends in':>7} {'worse':>5} {'inner/outer':>11}",
+        f"{'reach (s)':>10} {'reached':>7} {'ends in':>7} {'worse':>5} {'inner/outer':>11} "
+        f"{'backward':>8}",
     ]
     lines.append("-" * len(lines[0]))
     for name, entry in summary["per_competitor"].items():
         inner = entry.get("median_inner_iter_per_outer")
+        backward = entry.get("median_backward_share")
         lines.append(
             f"{name:<14} {entry['n_seeds']:>5d} {entry['median_test_loss']:>10.5f} "
             f"{entry['median_time']:>9.2f} {entry['median_C']:>10.4g} "
             f"{entry['median_time_to_reach']:>10.2f} {entry['n_reached']:>7d} "
             f"{entry.get('n_ends_within', 0):>7d} {entry.get('n_ends_worse_than_its_best', 0):>5d} "
-            f"{'' if inner is None else f'{inner:.0f}':>11}"
+            f"{'' if inner is None else f'{inner:.0f}':>11} "
+            f"{'' if backward is None else f'{backward:.0%}':>8}"
         )
     lines.append(
         f"(medians over seeds; reach: time to a test loss within {summary['suboptimality']:.0%} "
-        "of the lowest test loss credited to the train-only competitors on that seed)"
+        "of the lowest test loss credited to the train-only competitors on that seed; "
+        "backward: the share of the time spent in backward passes, all a free backward could "
+        "save)"
     )
     for key, value in summary["ratios"].items():
         lines.append(f"{key}: {value:.4g}")

@@ -169,7 +169,9 @@ class BilevelResult:
         One record per outer iteration (one evaluation of the outer loss): ``iteration``,
         ``time`` (seconds since the start), ``log_alpha``, ``outer_loss``, ``grad_norm``,
         ``inner_iter``, ``inner_tol``, ``n_fun_evals``, ``n_opa_evals`` (extra gradient
-        evaluations), ``n_hvp``, ``cg_iter``, ``backward``, ``n_fallbacks``, ``step_size``
+        evaluations), ``n_hvp``, ``cg_iter``, ``backward``, ``n_fallbacks``, ``time_inner``
+        and ``time_backward`` (seconds in the folds' inner solves and in their backward passes,
+        summed over folds), ``step_size``
         (HOAG's, gd's or Adam's step parameter; for the secant search, the length moved: 0
         for the best point evaluated again before a stop, see ``_Bracketing``),
         ``accepted`` (the point became the current one; for the secant search, the best one)
@@ -623,7 +625,7 @@ def solve_bilevel(
         torch tensors are stored as numpy arrays. Each write replaces the file atomically, so
         an interruption leaves the previous or the new state. When the file exists, the search
         resumes from it and follows the path the uninterrupted search would have followed
-        (bitwise, the records' ``time`` apart, which runs on from the checkpoint's). A
+        (bitwise, the records' times apart; ``time`` runs on from the checkpoint's). A
         checkpoint of other data, another start or other settings raises a ValueError that
         says what differs; ``max_iter``, ``xtol``, ``time_budget``, ``callback`` and
         ``n_jobs`` may change, so a finished search can be extended. The file is kept at the
@@ -783,6 +785,8 @@ def solve_bilevel(
                 "cg_iter": sum(r.info["cg_iter"] for r in folds),
                 "backward": "|".join(backward),
                 "n_fallbacks": sum("fallback" in r.info["backward"] for r in folds),
+                "time_inner": sum(r.info["time_inner"] for r in folds),
+                "time_backward": sum(r.info["time_backward"] for r in folds),
                 "step_size": step,
                 "accepted": accepted,
             }

@@ -77,7 +77,10 @@ def bits(history) -> list:
             return (value.dtype.str, np.shape(value), value.tobytes())
         return value
 
-    return [{key: exact(v) for key, v in record.items() if key != "time"} for record in history]
+    return [
+        {key: exact(v) for key, v in record.items() if not key.startswith("time")}
+        for record in history
+    ]
 
 
 def assert_same_search(result, reference):

@@ -134,7 +134,10 @@ def bits(history) -> list:
             return (value.dtype.str, value.tobytes())
         return value
 
-    return [{key: exact(v) for key, v in record.items() if key != "time"} for record in history]
+    return [
+        {key: exact(v) for key, v in record.items() if not key.startswith("time")}
+        for record in history
+    ]
 
 
 # --------------------------------------------------------------------------------------------
