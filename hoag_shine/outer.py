@@ -171,9 +171,8 @@ class BilevelResult:
         ``inner_iter``, ``inner_tol``, ``n_fun_evals``, ``n_opa_evals`` (extra gradient
         evaluations), ``n_hvp``, ``cg_iter``, ``backward``, ``n_fallbacks``, ``time_inner``
         and ``time_backward`` (seconds in the folds' inner solves and in their backward passes,
-        summed over folds), ``step_size``
-        (HOAG's, gd's or Adam's step parameter; for the secant search, the length moved: 0
-        for the best point evaluated again before a stop, see ``_Bracketing``),
+        summed over folds), ``step_size`` (HOAG's, gd's or Adam's step parameter; for the
+        secant search, the length moved: 0 for the best point evaluated again before a stop),
         ``accepted`` (the point became the current one; for the secant search, the best one)
         and ``outer_loss_error`` (the first-order error of ``outer_loss``).
     n_iter : int
@@ -295,9 +294,10 @@ class _Bracketing:
       expansion was solved at the loose tolerance that the slope predicted there needs; when
       its slope turns out much smaller, that tolerance does not resolve its sign. So before
       the model stop is taken, a best point solved at more than ten times the tolerance that
-      the search's rule now asks for at that point (:meth:`slope_scale`) is evaluated again
-      at that tolerance (once per point; the rule itself has a wide margin, so a zoom trial
-      whose tolerance followed the previous best point's slope is not evaluated twice). When
+      the search's rule now asks for at that point (:meth:`slope_scale`), and whose loss is
+      not known to ``ftol`` (its first-order error is larger), is evaluated again at that
+      tolerance (once per point; the rule itself has a wide margin, so a zoom trial whose
+      tolerance followed the previous best point's slope is not evaluated twice). When
       its slope then leads away from the other end, the bracket rested on a wrong sign: it is
       dropped and the expansion resumes from the point. (On 20news, SHINE-OPA stopped at
       C = 148, measured at tolerance 6e-4 with a slope of the wrong sign and a loss 3% off;
@@ -392,10 +392,13 @@ class _Bracketing:
     def needs_remeasure(self, best: _Evaluation, required_tol: float) -> bool:
         """Whether the model stop must first evaluate ``best`` again, at ``required_tol`` (the
         tolerance the search's rule asks for at ``best`` now): True when ``best`` was solved
-        at more than ten times that tolerance and was not evaluated again already."""
+        at more than ten times that tolerance, its loss is not known to the decrease the stop
+        is about (its first-order error exceeds ``ftol`` times the loss), and it was not
+        evaluated again already."""
         return (
             self.model_stop
             and best.inner_tol > 10.0 * required_tol
+            and best.error > self.ftol * abs(float(best.value))
             and float(best.log_alpha) != self.remeasured_at
         )
 

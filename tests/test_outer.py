@@ -930,14 +930,15 @@ def test_secant_search_stops_when_the_bracket_promises_less_than_outer_tol():
 
 def test_model_stop_first_measures_a_loosely_solved_best_point_again():
     """The model stop trusts the sign of the best point's slope. A best point solved at more
-    than ten times the tolerance the search's rule asks for there is evaluated again first
-    (once); when its slope then leads away from the other end, the bracket is dropped and the
-    expansion resumes from it with the first step. The 20news case: SHINE-OPA's point at -5,
-    solved at 6e-4 with a small slope of the wrong sign, closed a bracket with -1."""
+    than ten times the tolerance the search's rule asks for there, with a loss error above
+    ftol times the loss, is evaluated again first (once); when its slope then leads away from
+    the other end, the bracket is dropped and the expansion resumes from it with the first
+    step. The 20news case: SHINE-OPA's point at -5, solved at 6e-4 with a small slope of the
+    wrong sign and a loss error of 3.5e-3, closed a bracket with -1."""
     from hoag_shine.outer import _Bracketing, _Evaluation
 
-    def point(x, value, slope, tol):
-        return _Evaluation(np.array(x), value, np.array(slope), [], tol)
+    def point(x, value, slope, tol, error=3.5e-3):
+        return _Evaluation(np.array(x), value, np.array(slope), [], tol, error)
 
     def stopped_search():
         search = _Bracketing(step=4.0, low=-25.0, high=25.0, xtol=0.1, ftol=1e-4, min_step=1.0)
@@ -948,6 +949,11 @@ def test_model_stop_first_measures_a_loosely_solved_best_point_again():
 
     search, best = stopped_search()
     assert not search.needs_remeasure(best, required_tol=6.1e-5)  # within ten times: stop
+    assert search.needs_remeasure(best, required_tol=5.9e-5)
+    # A loss known to ftol: its slope's sign is trusted (the estimator on 20news seed 4).
+    best.error = 0.99e-4 * 0.112
+    assert not search.needs_remeasure(best, required_tol=1e-9)
+    best.error = 1.01e-4 * 0.112
     assert search.needs_remeasure(best, required_tol=5.9e-5)
     # Measured again: the slope is positive, leading away from the other end (at -1).
     again = point(-5.0, 0.109, 3.5e-3, 5.9e-5)
