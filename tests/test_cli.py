@@ -144,3 +144,26 @@ def test_summary_times_to_reach_and_ratios():
     assert "optuna" not in per
     text = format_summary({"summary": summary, "runs": runs})
     assert "optuna: skipped (absent)" in text
+
+
+def test_summary_reports_the_backward_share_and_inner_iterations_to_reach():
+    """A gradient method's share of time in backward passes (what a free backward could save)
+    and the inner iterations it spent until it reached the suboptimality, per seed."""
+
+    def gradient_run(seed, points, time_backward):
+        run = _run("cg", seed, [(t, loss) for t, loss, _ in points])
+        for point, (_, _, inner) in zip(run["curve"], points, strict=True):
+            point["inner_iter"] = inner
+        run["final"].update(median_inner_iter=10.0, time_backward=time_backward)
+        return run
+
+    runs = [
+        gradient_run(0, [(1.0, 0.5, 30), (2.0, 0.2005, 50), (4.0, 0.2, 40)], time_backward=1.0),
+        gradient_run(1, [(1.0, 0.3, 30), (3.0, 0.3, 20)], time_backward=0.6),
+        _run("grid", 1, [(5.0, 0.1)]),
+    ]
+    per = summarize(runs, suboptimality=0.005)["per_competitor"]
+    assert per["cg"]["inner_iter_to_reach"] == [80.0, np.inf]  # 30 + 50; never on seed 1
+    assert per["cg"]["median_backward_share"] == pytest.approx(np.median([1.0 / 4.0, 0.6 / 3.0]))
+    text = format_summary({"summary": summarize(runs, 0.005), "runs": runs})
+    assert "22%" in text  # the median of 25% and 20%
