@@ -203,9 +203,9 @@ def _timed_two_loop(total):
     originals = {name: getattr(LBFGSMemory, name) for name in names}
 
     def timed(original):
-        def method(self, *args):
+        def method(self, *args, **kwargs):
             start = time.perf_counter()
-            out = original(self, *args)
+            out = original(self, *args, **kwargs)
             total[0] += time.perf_counter() - start
             return out
 
