@@ -50,7 +50,9 @@ class LBFGSMemory:
     matrix-vector products (``[S, Y]^T v``, then their combination) plus two ``m x m``
     triangular solves, instead of ``4 m`` dot and axpy calls (whose many BLAS calls fight over
     the threads of two BLAS libraries when numpy's and scipy's are not pinned); a push adds one
-    column of ``S^T Y`` and of ``Y^T Y`` (one more matrix-vector product).
+    column of ``S^T Y`` and of ``Y^T Y``: one more matrix-vector product, or none when the
+    push comes with the next product and ``y`` is the difference of that product's vector and
+    the last one's (:meth:`push_and_matvec`, the L-BFGS iteration).
 
     Parameters
     ----------
