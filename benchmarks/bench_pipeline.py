@@ -46,12 +46,21 @@ _PINNED = {
 }
 
 
+def fetch_documents():
+    """The training and test documents of the four categories (scikit-learn's bunches)."""
+    from sklearn.datasets import fetch_20newsgroups
+
+    options = {"categories": CATEGORIES, "download_if_missing": False}
+    return fetch_20newsgroups(subset="train", **options), fetch_20newsgroups(
+        subset="test", **options
+    )
+
+
 def fit_once(competitor: str) -> dict:
     """Fit and score one pipeline in this process (the timed part is the fit)."""
     import warnings
 
     import numpy as np
-    from sklearn.datasets import fetch_20newsgroups
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.metrics import log_loss
@@ -59,9 +68,7 @@ def fit_once(competitor: str) -> dict:
 
     from hoag_shine import BilevelEstimator
 
-    options = {"categories": CATEGORIES, "download_if_missing": False}
-    train = fetch_20newsgroups(subset="train", **options)
-    test = fetch_20newsgroups(subset="test", **options)
+    train, test = fetch_documents()
     labels = np.asarray(train.target_names)
     y_train, y_test = labels[train.target], labels[test.target]  # string labels
     if competitor == "bilevel":

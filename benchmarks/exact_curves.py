@@ -74,16 +74,13 @@ def curve_20news(seed: int, log_alphas) -> list[dict]:
 
 def curve_pipeline(Cs) -> list[dict]:
     """5-fold cross-validated and test log-loss of the text pipeline, for each ``C``."""
-    from bench_pipeline import CATEGORIES
-    from sklearn.datasets import fetch_20newsgroups
+    from bench_pipeline import fetch_documents
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
 
-    options = {"categories": CATEGORIES, "download_if_missing": False}
-    train = fetch_20newsgroups(subset="train", **options)
-    test = fetch_20newsgroups(subset="test", **options)
+    train, test = fetch_documents()
     vectorizer = TfidfVectorizer()
     X, X_test = vectorizer.fit_transform(train.data), vectorizer.transform(test.data)
     y, y_test = train.target, test.target

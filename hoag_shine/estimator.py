@@ -48,10 +48,10 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from ._array import limit_blas_threads, namespace, to_numpy
+from ._array import namespace, to_numpy
 from .backends import BACKENDS, check_backend, make_criterion, make_problem
 from .criteria import HeldOutLogLoss, HeldOutMSE
-from .hypergradients import METHODS, stopping_measure
+from .hypergradients import METHODS, _problem_blas_threads, stopping_measure
 from .outer import OPTIMIZERS, ToleranceSchedule, solve_bilevel
 from .problems import LogisticRegressionProblem, RidgeProblem
 from .solvers import NewtonCG
@@ -808,7 +808,7 @@ class BilevelEstimator(MetaEstimatorMixin, BaseEstimator):
         xp = namespace(*result.coef)  # numpy arrays or torch tensors (on the device)
         starts = [xp.mean(xp.stack(result.coef), axis=0), problem.init_coef()]
         state = None
-        with limit_blas_threads(getattr(problem, "blas_threads", None)):
+        with _problem_blas_threads(problem):
             for coef0 in starts:
                 attempt = solver.run(
                     lambda w: problem.value_and_grad(w, log_alpha),

@@ -180,13 +180,19 @@ def default_solver(method: str, n_params: int | None = None) -> LBFGS:
     return LBFGS(memory_size=10)
 
 
+def _problem_blas_threads(inner):
+    """A context with the BLAS thread limit that solves of ``inner`` ask for,
+    ``inner.blas_threads`` (no limit when the problem has no such attribute, e.g. the torch
+    problems)."""
+    return limit_blas_threads(getattr(inner, "blas_threads", None))
+
+
 def _with_problem_blas_threads(function):
-    """Run ``function(inner, ...)`` under the BLAS thread limit ``inner.blas_threads`` (none
-    when the problem has no such attribute, e.g. the torch problems)."""
+    """Run ``function(inner, ...)`` under ``_problem_blas_threads`` of ``inner``."""
 
     @functools.wraps(function)
     def wrapper(inner, *args, **kwargs):
-        with limit_blas_threads(getattr(inner, "blas_threads", None)):
+        with _problem_blas_threads(inner):
             return function(inner, *args, **kwargs)
 
     return wrapper

@@ -873,7 +873,7 @@ def solve_bilevel(
                 else:
                     candidate = search.propose(current, state.best, low, high, xtol)
                 remeasure = False
-                if candidate is None and optimizer == "secant":
+                if candidate is None and optimizer == "secant" and search.model_stop:
                     point = state.best.log_alpha
                     remeasure = search.needs_remeasure(state.best, inner_tol(point, k))
                     candidate = point if remeasure else None
